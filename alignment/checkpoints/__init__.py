@@ -1,0 +1,1 @@
+"""Reading and writing model weights: GGUF, Hugging Face safetensors, official Flax Gemma."""

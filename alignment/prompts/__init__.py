@@ -1,0 +1,4 @@
+"""Prompt templates: how an instruction (and optional preamble) becomes model input text."""
+
+from alignment.prompts.templates import (
+    ALPACA, GEMMA_CHAT, PromptTemplate, get_template, load_alpaca_style_template)

