@@ -1,0 +1,1 @@
+"""Data: sources, mixtures, hygiene and tokenized batches."""
