@@ -1,0 +1,188 @@
+"""LoRA (Hu et al., 2021) as a transform of the parameter tree, not a fork of the model.
+
+`merge(base, adapters)` returns base weights plus `alpha / rank * B @ A` on each targeted
+projection; the result feeds the unchanged `alignment.model.forward`. Gradients reach only the
+adapters when the base is held fixed, so the optimizer keeps state for the adapters alone, and
+the frozen reference policy is simply the base tree with adapters off.
+
+Dropout: merging cannot drop per-token inputs of the adapter path, so `dropout` drops input
+features of each adapter (rows of A) with one mask per step shared by the whole batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import tempfile
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import PartitionSpec as P
+
+from alignment.model.config import ModelConfig
+
+Params = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class _Target:
+  """Where a projection lives in the tree and how its low-rank update is laid out."""
+
+  module: str  # "attn" or "mlp"
+  weight: str  # parameter name inside the module
+  index: int | None  # slice of a stacked weight (kv_einsum, gating_einsum), or None
+  a_axes: tuple[str | None, ...]  # logical axes of A's input dims (+ rank)
+  b_axes: tuple[str | None, ...]  # logical axes of B (rank + output dims)
+  einsum: str  # A, B -> delta weight
+
+
+TARGETS: dict[str, _Target] = {
+    "q": _Target("attn", "q_einsum", None, ("embed", None), (None, "heads", "head_dim"),
+                 "dr,rnh->ndh"),
+    "k": _Target("attn", "kv_einsum", 0, ("embed", None), (None, "kv_heads", "head_dim"),
+                 "dr,rkh->kdh"),
+    "v": _Target("attn", "kv_einsum", 1, ("embed", None), (None, "kv_heads", "head_dim"),
+                 "dr,rkh->kdh"),
+    "o": _Target("attn", "attn_vec_einsum", None, ("heads", "head_dim", None),
+                 (None, "embed"), "nhr,rd->nhd"),
+    "gate": _Target("mlp", "gating_einsum", 0, ("embed", None), (None, "mlp"), "dr,rf->df"),
+    "up": _Target("mlp", "gating_einsum", 1, ("embed", None), (None, "mlp"), "dr,rf->df"),
+    "down": _Target("mlp", "linear", None, ("mlp", None), (None, "embed"), "fr,rd->fd"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraConfig:
+  rank: int = 8
+  alpha: float = 16.0
+  dropout: float = 0.0
+  targets: tuple[str, ...] = ("q", "k", "v", "o", "gate", "up", "down")
+
+  def __post_init__(self):
+    unknown = set(self.targets) - set(TARGETS)
+    if unknown:
+      raise ValueError(f"unknown LoRA target(s) {sorted(unknown)}; known: {sorted(TARGETS)}")
+    if self.rank < 1:
+      raise ValueError(f"LoRA rank must be >= 1, got {self.rank}")
+    if not 0.0 <= self.dropout < 1.0:
+      raise ValueError(f"LoRA dropout must be in [0, 1), got {self.dropout}")
+
+  @property
+  def scale(self) -> float:
+    return self.alpha / self.rank
+
+
+def _shapes(model: ModelConfig, target: str, rank: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+  d, f, n, k, h = (model.embed_dim, model.hidden_dim, model.num_heads, model.num_kv_heads,
+                   model.head_dim)
+  return {
+      "q": ((d, rank), (rank, n, h)),
+      "k": ((d, rank), (rank, k, h)),
+      "v": ((d, rank), (rank, k, h)),
+      "o": ((n, h, rank), (rank, d)),
+      "gate": ((d, rank), (rank, f)),
+      "up": ((d, rank), (rank, f)),
+      "down": ((f, rank), (rank, d)),
+  }[target]
+
+
+def init_adapters(model: ModelConfig, lora: LoraConfig, rng: jax.Array,
+                  dtype: str = "float32") -> Params:
+  """A ~ N(0, 1/fan_in), B = 0, so the merged model starts equal to the base."""
+  adapters = {}
+  for i in range(model.num_layers):
+    layer = {}
+    for name in lora.targets:
+      a_shape, b_shape = _shapes(model, name, lora.rank)
+      rng, key = jax.random.split(rng)
+      fan_in = int(np.prod(a_shape[:-1]))
+      layer[name] = {
+          "a": jax.random.normal(key, a_shape, dtype) / np.sqrt(fan_in),
+          "b": jnp.zeros(b_shape, dtype),
+      }
+    adapters[f"layer_{i}"] = layer
+  return adapters
+
+
+def adapter_logical_axes(model: ModelConfig, lora: LoraConfig) -> Params:
+  """Logical axis names of the adapter tree (same rule table as the base parameters)."""
+  return {
+      f"layer_{i}": {name: {"a": P(*TARGETS[name].a_axes), "b": P(*TARGETS[name].b_axes)}
+                     for name in lora.targets}
+      for i in range(model.num_layers)
+  }
+
+
+def merge(base: Params, adapters: Params, lora: LoraConfig,
+          dropout_rng: jax.Array | None = None) -> Params:
+  """Base parameters with every adapter's low-rank update added (a new tree; base untouched).
+
+  Pass `dropout_rng` during training to apply adapter dropout; omit it for evaluation.
+  """
+  merged = jax.tree.map(lambda x: x, base)  # shallow structural copy
+  for layer_name, layer_adapters in adapters.items():
+    for name, ab in layer_adapters.items():
+      target = TARGETS[name]
+      a = ab["a"]
+      if dropout_rng is not None and lora.dropout > 0:
+        dropout_rng, key = jax.random.split(dropout_rng)
+        keep = jax.random.bernoulli(key, 1.0 - lora.dropout, a.shape[:-1] + (1,))
+        a = jnp.where(keep, a / (1.0 - lora.dropout), 0.0)
+      module = merged[layer_name][target.module]
+      weight = module[target.weight]
+      delta = (lora.scale * jnp.einsum(target.einsum, a, ab["b"])).astype(weight.dtype)
+      if target.index is None:
+        module[target.weight] = weight + delta
+      else:
+        module[target.weight] = weight.at[target.index].add(delta)
+  return merged
+
+
+def save_adapters(path: str | os.PathLike, adapters: Params, lora: LoraConfig) -> None:
+  """Writes adapters alone (a small .npz plus the LoRA config as JSON), atomically."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  flat = {}
+  for layer_name, layer in adapters.items():
+    for name, ab in layer.items():
+      for part, value in ab.items():
+        flat[f"{layer_name}/{name}/{part}"] = np.asarray(jax.device_get(value))
+  flat["__config__"] = np.frombuffer(json.dumps(dataclasses.asdict(lora)).encode(), np.uint8)
+  with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz", delete=False) as tmp:
+    np.savez(tmp, **flat)
+  os.replace(tmp.name, path)
+
+
+def load_adapters(path: str | os.PathLike, model: ModelConfig | None = None
+                  ) -> tuple[Params, LoraConfig]:
+  """Reads adapters written by `save_adapters`; checks shapes against `model` if given."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"no LoRA adapter file at {path}")
+  with np.load(path) as data:
+    if "__config__" not in data:
+      raise ValueError(f"{path}: not a LoRA adapter file (no __config__ entry)")
+    raw = json.loads(bytes(data["__config__"]).decode())
+    raw["targets"] = tuple(raw["targets"])
+    lora = LoraConfig(**raw)
+    adapters: dict = {}
+    for key in data.files:
+      if key == "__config__":
+        continue
+      layer_name, name, part = key.split("/")
+      adapters.setdefault(layer_name, {}).setdefault(name, {})[part] = jnp.asarray(data[key])
+  if model is not None:
+    expected = jax.eval_shape(lambda: init_adapters(model, lora, jax.random.key(0)))
+    want = {jax.tree_util.keystr(k): v.shape for k, v in
+            jax.tree_util.tree_flatten_with_path(expected)[0]}
+    got = {jax.tree_util.keystr(k): v.shape for k, v in
+           jax.tree_util.tree_flatten_with_path(adapters)[0]}
+    for key in sorted(want.keys() | got.keys()):
+      if want.get(key) != got.get(key):
+        raise ValueError(f"{path}: adapter {key} expected shape {want.get(key)}, "
+                         f"found {got.get(key)}")
+  return adapters, lora

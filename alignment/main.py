@@ -1,0 +1,60 @@
+"""Entry point: `python -m alignment.main --config=configs/<x>.py[:preset] [--config.a.b=v]`.
+
+Every config file defines `get_config(preset=None)` returning an ml_collections ConfigDict
+with a `job` field naming a module in `alignment.jobs`; that module's `run(config)` does the
+work. Configs are locked before overrides apply, so a misspelt key or a value of the wrong
+type stops the program before any work starts, with the key named in the message.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import sys
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Path to a config file, optionally followed by ':preset'.",
+    lock_config=True)
+
+
+def run_job(config) -> None:
+  """Imports `alignment.jobs.<config.job>` and runs it."""
+  job = config.get("job")
+  if not job:
+    raise ValueError("the config has no 'job' field naming what to run")
+  try:
+    module = importlib.import_module(f"alignment.jobs.{job}")
+  except ModuleNotFoundError as e:
+    if e.name == f"alignment.jobs.{job}":
+      raise ValueError(f"unknown job {job!r}: no module alignment/jobs/{job}.py") from e
+    raise
+  module.run(config)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """Parses flags, turning a bad config override into a one-line error naming the key."""
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+    overrides = [a for a in argv[1:] if a.startswith("--config.")]
+    detail = " ".join(str(e).replace("\\n", " ").replace("\\", "").split())
+    if isinstance(e, AttributeError):  # ConfigDict's message for a key it does not have
+      key = re.search(r"'(\w+)'", detail)
+      hint = re.search(r"Did you mean.*\?", detail)
+      detail = f"unknown config key {key.group(1) if key else '?'!r}. {hint.group(0) if hint else ''}"
+    sys.exit(f"config error: {detail}\n  overrides given: {' '.join(overrides) or 'none'}")
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  run_job(_CONFIG.value)
+
+
+if __name__ == "__main__":
+  flags.mark_flag_as_required("config")
+  app.run(main, flags_parser=parse_flags)
