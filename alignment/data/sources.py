@@ -1,0 +1,322 @@
+"""Named data sources: where each file lives, how to check it, and how to read it into records.
+
+`load("alpaca")` gives typed records (`records.py`) from the data directory (an explicit argument,
+else `$ALIGNMENT_DATA_DIR`). Each source also knows where it was published (raw GitHub at the
+pinned commit) and its sha256, so a user without the shared directory can `download=True` once
+into a cache (`download.py`). Readers keep every row: anything they fix up or flag is counted in
+`ReadResult.counts`, and anything they cannot read raises `DataError` naming file, line, field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+from collections.abc import Callable
+from typing import Any
+
+from alignment.data import download as download_lib
+from alignment.data import readers
+from alignment.data.readers import DataError, require
+from alignment.data.records import EvalPrompt, InstructionExample, PreferencePair
+
+DATA_DIR_ENV = "ALIGNMENT_DATA_DIR"
+
+_STL = ("https://raw.githubusercontent.com/vinid/safety-tuned-llamas/"
+        "36a4b8d5c2177ed165bf61f59b590161394f7f12/")
+_ALPACA = ("https://raw.githubusercontent.com/tatsu-lab/stanford_alpaca/"
+           "761dc5bfbdeeffa89b8bff5d038781a4055f796a/")
+# hh-rlhf keeps its data in Git LFS; raw.githubusercontent.com would return the pointer file.
+_HH = ("https://media.githubusercontent.com/media/anthropics/hh-rlhf/"
+       "354e5c3cb8960630860dd5774a6ac2a58313bf4d/")
+# paul-rottger/exaggerated-safety was renamed paul-rottger/xstest; GitHub redirects the old name.
+_XSTEST = ("https://raw.githubusercontent.com/paul-rottger/xstest/"
+           "d7bb5bd738c1fcbc36edd83d5e7d1b71a3e2d84d/")
+
+_ASSISTANT = "\n\nAssistant:"
+
+Record = InstructionExample | PreferencePair | EvalPrompt
+
+
+@dataclasses.dataclass(frozen=True)
+class ReadResult:
+  """Records read from one file, plus counts of everything noteworthy the reader saw."""
+
+  source: str
+  path: pathlib.Path
+  records: list[Record]
+  counts: dict[str, int]
+
+
+Reader = Callable[[pathlib.Path, str], ReadResult]
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+  """One published data file."""
+
+  name: str
+  path: str  # relative to the data directory
+  sha256: str  # of the file as stored in the data directory
+  url: str  # where it was published, pinned to a commit
+  reader: Reader
+  record_type: type
+  kind: str  # "train" (instructions), "preference" or "eval"
+  description: str
+  # The published file when it differs from the stored one (Alpaca is stored gzipped; the
+  # uncompressed file is byte-identical to the published one): cache path and its sha256.
+  url_path: str | None = None
+  url_sha256: str | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Readers: rows -> records.
+
+
+def _instruction_list(path: pathlib.Path, name: str) -> ReadResult:
+  """A JSON array of {instruction, input, output} (Alpaca and the paper's safety data)."""
+  out, empty_input, empty_output = [], 0, 0
+  for line, row in readers.read_json_array(path):
+    instruction = require(row, "instruction", path, line, nonempty=True)
+    inp = require(row, "input", path, line)
+    output = require(row, "output", path, line)
+    empty_input += not inp
+    empty_output += not output
+    out.append(InstructionExample(instruction=instruction, input=inp, output=output, source=name))
+  return ReadResult(name, path, out, {"examples": len(out), "with_input": len(out) - empty_input,
+                                      "empty_output": empty_output})
+
+
+def _seed_tasks(path: pathlib.Path, name: str) -> ReadResult:
+  """Self-Instruct seed tasks (JSONL): one example per instance, tagged with the task name."""
+  out, tasks = [], 0
+  for line, row in readers.read_jsonl(path):
+    instruction = require(row, "instruction", path, line, nonempty=True)
+    task = require(row, "name", path, line, nonempty=True)
+    instances = require(row, "instances", path, line, list)
+    if not instances:
+      raise DataError(path, "no instances", line=line, field="instances")
+    classification = require(row, "is_classification", path, line, bool)
+    tags = (task, "classification") if classification else (task,)
+    for i, inst in enumerate(instances):
+      where = f"instances[{i}]"
+      if not isinstance(inst, dict):
+        raise DataError(path, "expected an object", line=line, field=where)
+      for key in ("input", "output"):
+        if not isinstance(inst.get(key), str):
+          raise DataError(path, "missing or not a string", line=line, field=f"{where}.{key}")
+      out.append(InstructionExample(instruction=instruction, input=inst["input"],
+                                    output=inst["output"], source=name, tags=tags))
+    tasks += 1
+  return ReadResult(name, path, out, {"tasks": tasks, "examples": len(out)})
+
+
+def split_transcripts(chosen: str, rejected: str) -> tuple[str, str, str, bool]:
+  """(prompt, chosen reply, rejected reply, clean) for two HH transcripts.
+
+  The prompt is the shared text up to and including the last "\\n\\nAssistant:" both share, so
+  `prompt + reply` reproduces each transcript exactly. `clean` is False when that is not the last
+  Assistant marker of both (a few HH pairs differ earlier, or have a turn marker lost in the
+  text); their replies then span more than one turn. Raises ValueError if nothing is shared.
+  """
+  n = 0
+  limit = min(len(chosen), len(rejected))
+  while n < limit and chosen[n] == rejected[n]:
+    n += 1
+  cut = chosen.rfind(_ASSISTANT, 0, n)  # the last marker lying wholly in the common prefix
+  if cut < 0:
+    raise ValueError("chosen and rejected share no '\\n\\nAssistant:' prefix")
+  end = cut + len(_ASSISTANT)
+  clean = chosen.rfind(_ASSISTANT) == cut and rejected.rfind(_ASSISTANT) == cut
+  return chosen[:end], chosen[end:], rejected[end:], clean
+
+
+def _hh_pairs(path: pathlib.Path, name: str) -> ReadResult:
+  """Anthropic HH JSONL {chosen, rejected} transcripts -> PreferencePair(prompt, replies)."""
+  out, fallback, identical = [], 0, 0
+  for line, row in readers.read_jsonl(path):
+    chosen = require(row, "chosen", path, line, nonempty=True)
+    rejected = require(row, "rejected", path, line, nonempty=True)
+    try:
+      prompt, c, r, clean = split_transcripts(chosen, rejected)
+    except ValueError as e:
+      raise DataError(path, str(e), line=line, field="chosen/rejected") from e
+    fallback += not clean
+    identical += c == r
+    out.append(PreferencePair(prompt=prompt, chosen=c, rejected=r, source=name))
+  return ReadResult(name, path, out, {"pairs": len(out), "prefix_not_last_turn": fallback,
+                                      "identical_replies": identical})
+
+
+def _paper_eval(path: pathlib.Path, name: str) -> ReadResult:
+  """The paper's evaluation JSON: {instructions: [str], tags?: [str], inputs: []}."""
+  raw = readers.read_json(path)
+  prompts = require(raw, "instructions", path, None, list)
+  if not prompts:
+    raise DataError(path, "empty list", field="instructions")
+  tags = raw.get("tags")
+  if tags is not None and (not isinstance(tags, list) or len(tags) != len(prompts)):
+    raise DataError(path, f"expected a list of {len(prompts)} tags (one per instruction)",
+                    field="tags")
+  if raw.get("inputs"):
+    raise DataError(path, "non-empty inputs are not supported by EvalPrompt", field="inputs")
+  out = []
+  for i, p in enumerate(prompts):
+    if not isinstance(p, str) or not p.strip():
+      raise DataError(path, "expected a non-empty string", field=f"instructions[{i}]")
+    if tags is not None and not isinstance(tags[i], str):
+      raise DataError(path, "expected a string", field=f"tags[{i}]")
+    out.append(EvalPrompt(prompt=p, source=name, id=f"{name}-{i}",
+                          tags=(tags[i],) if tags is not None else ()))
+  return ReadResult(name, path, out, {"prompts": len(out)})
+
+
+def _xstest(path: pathlib.Path, name: str) -> ReadResult:
+  """XSTest v2 CSV (id, prompt, type, label, focus, note); tags are (type, note if any)."""
+  out, labels = [], {"safe": 0, "unsafe": 0}
+  for line, row in readers.read_csv(path, ("id", "prompt", "type", "label", "focus", "note")):
+    if not row["prompt"].strip():
+      raise DataError(path, "is empty", line=line, field="prompt")
+    if row["label"] not in labels:
+      raise DataError(path, f"expected 'safe' or 'unsafe', got {row['label']!r}", line=line,
+                      field="label")
+    labels[row["label"]] += 1
+    tags = (row["type"], row["note"]) if row["note"] else (row["type"],)
+    out.append(EvalPrompt(prompt=row["prompt"], source=name, id=row["id"], label=row["label"],
+                          tags=tags))
+  return ReadResult(name, path, out, {"prompts": len(out), **labels})
+
+
+def _xstest_v1(path: pathlib.Path, name: str) -> ReadResult:
+  """XSTest v1 CSV (id, type, prompt, focus, note): 200 prompts, all safe by construction."""
+  out = []
+  for line, row in readers.read_csv(path, ("id", "type", "prompt", "focus", "note")):
+    if not row["prompt"].strip():
+      raise DataError(path, "is empty", line=line, field="prompt")
+    tags = (row["type"], row["note"]) if row["note"] else (row["type"],)
+    out.append(EvalPrompt(prompt=row["prompt"], source=name, id=row["id"], label="safe",
+                          tags=tags))
+  return ReadResult(name, path, out, {"prompts": len(out)})
+
+
+# ---------------------------------------------------------------------------------------------
+# Registry.
+
+
+def _eval(name: str, file: str, sha: str, description: str) -> Source:
+  rel = f"data/evaluation/{file}"
+  return Source(name, f"safety-tuned-llamas/{rel}", sha, _STL + rel, _paper_eval, EvalPrompt,
+                "eval", description)
+
+
+SOURCES: dict[str, Source] = {s.name: s for s in (
+    Source("alpaca", "alpaca/alpaca_data.json.gz",
+           "6b89404577eca1fbeb5db02de24d4f617f7c90c0dd78822e73de02684b046eb8",
+           _ALPACA + "alpaca_data.json", _instruction_list, InstructionExample, "train",
+           "Stanford Alpaca 52k instructions (the base instruction set)",
+           url_path="alpaca/alpaca_data.json",
+           url_sha256="2eddafc6b977608d778aaab8dfc7e50e547b3af9826dfb9e909d9fc362e4a419"),
+    Source("safety_instructions",
+           "safety-tuned-llamas/data/training/safety_only_data_Instructions.json",
+           "7dde08acf87f10cf74fd1b76f56538eae8e413ae8e6b09e3f7bcd97769058dbe",
+           _STL + "data/training/safety_only_data_Instructions.json", _instruction_list,
+           InstructionExample, "train", "the paper's 2,483 safety examples (instruction form)"),
+    Source("seed_tasks", "stanford_alpaca/seed_tasks.jsonl",
+           "7779004fa198fdf27cf70a159363879d8a26c53329e11b436af17b3941875f48",
+           _ALPACA + "seed_tasks.jsonl", _seed_tasks, InstructionExample, "train",
+           "175 human-written Self-Instruct seed tasks (small clean fixture)"),
+    Source("hh_harmless", "hh-rlhf/harmless-base/test.jsonl.gz",
+           "ebfaaed21162a4de120ae85366075b34425e2a6303fac59b99555002f7016f03",
+           _HH + "harmless-base/test.jsonl.gz", _hh_pairs, PreferencePair, "preference",
+           "Anthropic HH harmless-base test split"),
+    Source("hh_helpful", "hh-rlhf/helpful-base/test.jsonl.gz",
+           "8be3fc1a13b27901631696f2be6f184c799f1baeaf145f53ac5db24960adc37b",
+           _HH + "helpful-base/test.jsonl.gz", _hh_pairs, PreferencePair, "preference",
+           "Anthropic HH helpful-base test split"),
+    Source("xstest", "xstest/xstest_prompts.csv",
+           "11783fb294ed017473ee53c207d71f2161c7672c8d0b037501e78387f801cb5a",
+           _XSTEST + "xstest_prompts.csv", _xstest, EvalPrompt, "eval",
+           "XSTest v2: 250 safe and 200 unsafe prompts (exaggerated safety)"),
+    Source("xstest_v1", "xstest/xstest_prompts_v1.csv",
+           "6cac2f2e0ae268c020ff340d803f5601a442640b91d7eb586337eebef004e97b",
+           _XSTEST + "xstest_prompts_v1.csv", _xstest_v1, EvalPrompt, "eval",
+           "XSTest v1: 200 safe prompts (the version of the paper's time)"),
+    _eval("malicious_instructions", "I-MaliciousInstructions.json",
+          "7a2bc751d49983800848050282aa2a84b3faa7044c3178228c49dd68df7d679f",
+          "harmful instructions, tagged hate/crime"),
+    _eval("cona", "I-CoNa.json",
+          "e07d92e376198e60ac1004902dc3fec46513ac70b08d855b4101288b8270d62a",
+          "hateful speech instructions (from CONAN)"),
+    _eval("controversial", "I-Controversial.json",
+          "0590fc6ee97a39c6a43adc21fe5a4ccbf546ea52e89a32757db6ea3d46ce65c4",
+          "instructions on controversial topics"),
+    _eval("physical_safety_unsafe", "I-PhysicalSafetyUnsafe.json",
+          "16324a2f1ded933e8c7a9f6c7d3924130f76260d03f9df2205e0a25c02de8aae",
+          "physically unsafe advice requests (from SafeText)"),
+    _eval("physical_safety_safe", "I-PhysicalSafetySafe.json",
+          "34c874532623e405fb574f0fa8d6b86cbecce0e3340f67b146a6a6bc2453bed6",
+          "safe twins of the physical-safety prompts (exaggerated safety)"),
+    _eval("q_harm", "Q-Harm.json",
+          "ecc1d19030d41ad550a1e69996dc424074e3e45fb2fa5e8e44b46f294aea295a",
+          "harmful questions (from HH harmless)"),
+    _eval("i_alpaca", "I-Alpaca.json",
+          "30db84ee303df15b653566437ccf1a2fc837caac99a570915d720f65f041fe6d",
+          "ordinary instructions (helpfulness check)"),
+)}
+
+TRAIN_SOURCES = tuple(n for n, s in SOURCES.items() if s.kind == "train")
+PREFERENCE_SOURCES = tuple(n for n, s in SOURCES.items() if s.kind == "preference")
+EVAL_SOURCES = tuple(n for n, s in SOURCES.items() if s.kind == "eval")
+PAPER_EVAL_SOURCES = ("malicious_instructions", "cona", "controversial", "physical_safety_unsafe",
+                      "physical_safety_safe", "q_harm", "i_alpaca")
+
+
+def get_source(name: str) -> Source:
+  if name not in SOURCES:
+    raise ValueError(f"unknown data source {name!r}; known: {', '.join(SOURCES)}")
+  return SOURCES[name]
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> pathlib.Path:
+  """The explicit directory, else $ALIGNMENT_DATA_DIR; an error saying how to set it otherwise."""
+  if data_dir is None or str(data_dir) == "":
+    env = os.environ.get(DATA_DIR_ENV)
+    if not env:
+      raise ValueError(f"no data directory: pass data_dir (config field) or set ${DATA_DIR_ENV}")
+    data_dir = env
+  path = pathlib.Path(data_dir).expanduser()
+  if not path.is_dir():
+    raise ValueError(f"data directory {path} does not exist or is not a directory")
+  return path
+
+
+def locate(name: str, data_dir: str | os.PathLike | None = None, *, download: bool = False,
+           cache_dir: str | os.PathLike | None = None, base_url: str | None = None) -> pathlib.Path:
+  """The file of source `name`: in the data directory, else (download=True) fetched once."""
+  source = get_source(name)
+  if not download:
+    path = resolve_data_dir(data_dir) / source.path
+    if not path.is_file():
+      raise FileNotFoundError(f"source {name!r}: {path} not found; point data_dir/"
+                              f"${DATA_DIR_ENV} at a copy of the data or pass download=True "
+                              f"(fetches {source.url})")
+    return path
+  if data_dir is not None or os.environ.get(DATA_DIR_ENV):
+    try:
+      path = resolve_data_dir(data_dir) / source.path
+      if path.is_file():
+        return path
+    except ValueError:
+      pass
+  return download_lib.fetch(source, cache_dir, base_url=base_url)
+
+
+def read(name: str, data_dir: str | os.PathLike | None = None, **locate_kwargs) -> ReadResult:
+  """Records of source `name` and the reader's counts."""
+  source = get_source(name)
+  return source.reader(locate(name, data_dir, **locate_kwargs), name)
+
+
+def load(name: str, data_dir: str | os.PathLike | None = None, **locate_kwargs) -> list[Any]:
+  """Records of source `name` (see `read` for the counts)."""
+  return read(name, data_dir, **locate_kwargs).records
