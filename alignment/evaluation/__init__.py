@@ -1,0 +1,1 @@
+"""Evaluation: answer records, scorers (refusal now, reward models later), XSTest, reports."""
