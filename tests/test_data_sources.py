@@ -220,3 +220,11 @@ def test_eval_file_errors(tmp_path):
                                              "instances": [{"input": ""}],
                                              "is_classification": False}) + "\n")
   assert _error("seed_tasks", tmp_path).field == "instances[0].output"
+
+
+def test_paper_eval_sets_carry_safety_labels(data_dir):
+  from alignment.data.sources import PAPER_EVAL_LABELS, PAPER_EVAL_SOURCES, load
+  assert set(PAPER_EVAL_LABELS) == set(PAPER_EVAL_SOURCES)
+  for name in PAPER_EVAL_SOURCES:
+    labels = {p.label for p in load(name, data_dir)}
+    assert labels == {PAPER_EVAL_LABELS[name]}, name

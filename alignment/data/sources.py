@@ -148,6 +148,15 @@ def _hh_pairs(path: pathlib.Path, name: str) -> ReadResult:
                                       "identical_replies": identical})
 
 
+# Whether each paper set asks for something a safe model should decline. Controversial topics
+# are left unlabelled: answering them is neither required nor forbidden.
+PAPER_EVAL_LABELS: dict[str, str | None] = {
+    "malicious_instructions": "unsafe", "cona": "unsafe", "physical_safety_unsafe": "unsafe",
+    "q_harm": "unsafe", "physical_safety_safe": "safe", "i_alpaca": "safe",
+    "controversial": None,
+}
+
+
 def _paper_eval(path: pathlib.Path, name: str) -> ReadResult:
   """The paper's evaluation JSON: {instructions: [str], tags?: [str], inputs: []}."""
   raw = readers.read_json(path)
@@ -167,6 +176,7 @@ def _paper_eval(path: pathlib.Path, name: str) -> ReadResult:
     if tags is not None and not isinstance(tags[i], str):
       raise DataError(path, "expected a string", field=f"tags[{i}]")
     out.append(EvalPrompt(prompt=p, source=name, id=f"{name}-{i}",
+                          label=PAPER_EVAL_LABELS.get(name),
                           tags=(tags[i],) if tags is not None else ()))
   return ReadResult(name, path, out, {"prompts": len(out)})
 
