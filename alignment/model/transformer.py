@@ -106,8 +106,8 @@ def _dummy_inputs(batch: int = 1, length: int = 1):
 
 def init_params(config: ModelConfig, rng: Array) -> Params:
   """Random-initialised parameters (plain arrays, logical-axis boxes removed)."""
-  variables = Transformer(config).init(rng, *_dummy_inputs())
-  return nn.unbox(variables["params"])
+  init = jax.jit(lambda key: nn.unbox(Transformer(config).init(key, *_dummy_inputs())))
+  return init(rng)["params"]
 
 
 def param_logical_axes(config: ModelConfig) -> Params:
