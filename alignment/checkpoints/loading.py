@@ -1,0 +1,59 @@
+"""One entry for jobs: a model section of a config -> (ModelConfig, params, tokenizer).
+
+`checkpoint` chooses the source:
+  "embedded"          the Gemma 3 270M base model shipped with the package (GGUF)
+  "random"            random initialisation of `preset` (tests, speed benchmarks)
+  path/to/x.gguf      a GGUF file of a Gemma 3 model
+  path/to/hf_dir      a Hugging Face safetensors checkpoint (config.json beside the weights)
+  path/to/flax_dir    an official Flax/orbax Gemma checkpoint
+The tokenizer comes from `tokenizer` (a SentencePiece .model path) when set, else from the
+checkpoint itself (GGUF vocabulary, or tokenizer.model in the checkpoint dir), else None.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import jax
+
+from alignment.model.config import ModelConfig, get_config
+from alignment.model.transformer import init_params
+from alignment.tokenizer import Tokenizer
+
+
+def load_model(model_config: Any) -> tuple[ModelConfig, Any, Tokenizer | None]:
+  """Loads what a config's `model` section names (fields: checkpoint, preset, dtype, ...)."""
+  checkpoint = str(model_config.get("checkpoint", "embedded"))
+  preset = model_config.get("preset", "gemma3_270m")
+  dtype = model_config.get("dtype", "float32")
+  tokenizer_path = model_config.get("tokenizer", "")
+  tokenizer = None
+  if checkpoint == "embedded":
+    from alignment.checkpoints.embedded import load_embedded  # pylint: disable=import-outside-toplevel
+    cfg, params, tokenizer = load_embedded("float32")
+  elif checkpoint == "random":
+    cfg = get_config(preset)
+    params = init_params(cfg, jax.random.key(int(model_config.get("seed", 0))))
+  else:
+    path = pathlib.Path(checkpoint).expanduser()
+    if not path.exists():
+      raise FileNotFoundError(f"model checkpoint {path} does not exist (config model.checkpoint)")
+    if path.suffix == ".gguf":
+      from alignment.checkpoints.gguf import load_gguf  # pylint: disable=import-outside-toplevel
+      cfg, params = load_gguf(path, expected=None)
+      tokenizer = Tokenizer.from_gguf(path)
+    elif (path / "config.json").exists():
+      from alignment.checkpoints.huggingface import load_safetensors  # pylint: disable=import-outside-toplevel
+      cfg, params = load_safetensors(path)
+    else:
+      from alignment.checkpoints.flax_gemma import load_flax_gemma  # pylint: disable=import-outside-toplevel
+      cfg, params = load_flax_gemma(path)
+    if tokenizer is None and (path / "tokenizer.model").exists():
+      tokenizer = Tokenizer.from_model_file(path / "tokenizer.model")
+  if tokenizer_path:
+    tokenizer = Tokenizer.from_model_file(tokenizer_path)
+  # Parameters stay float32 (master weights); `dtype` is the compute dtype of activations.
+  cfg = cfg.replace(dtype=dtype, param_dtype="float32")
+  params = jax.tree.map(lambda x: x.astype("float32"), params)
+  return cfg, params, tokenizer

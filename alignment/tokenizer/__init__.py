@@ -1,0 +1,3 @@
+"""Text <-> token ids for Gemma models (SentencePiece)."""
+
+from alignment.tokenizer.tokenizer import Tokenizer
