@@ -21,6 +21,8 @@ setup(
         "numpy>=1.26",
         "safetensors>=0.4",
         "tqdm>=4.60",
+        # TensorBoard event files without TensorFlow.
+        "tensorboardX>=2.6",
         # Datasets as array_record builders read through tfds.data_source and grain;
         # neither needs TensorFlow.
         "tensorflow-datasets>=4.9",
@@ -31,5 +33,8 @@ setup(
     extras_require={
         # Reference implementations used only by parity tests; never imported by the library.
         "test": ["pytest>=8", "transformers>=4.50", "accelerate>=0.30"],
+        # TPU VMs, and ahead-of-time compilation for TPU topologies from a CPU machine.
+        # Not for CPU-only environments: with libtpu present every `import jax` probes a TPU.
+        "tpu": ["jax[tpu]"],
     },
 )

@@ -1,0 +1,6 @@
+"""Device mesh and the logical-axis rules that lay parameters and batches out on it."""
+
+from alignment.sharding.mesh import AXES, MeshConfig, make_mesh
+from alignment.sharding.rules import (
+    LOGICAL_AXIS_RULES, batch_sharding, batch_shardings, logical_to_shardings,
+    param_shardings, replicated)

@@ -1,0 +1,135 @@
+"""Ahead-of-time compilation of a train step for a named TPU topology, from a CPU machine.
+
+libtpu's compile-only path describes a TPU slice (`get_topology_desc`) without owning one, so
+XLA can partition and compile the real step for it and report how much HBM each chip needs,
+before a pod is booked. Needs the optional `libtpu` package (pinned by `jax[tpu]`).
+
+    python -m alignment.training.aot --topology=v5e:2x2 --model=gemma3_270m \
+        --batch_size=16 --seq_len=1024 --mesh=1,-1,1 --compute_dtype=bfloat16
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from alignment import model, sharding
+from alignment.training import losses, metrics, optimizer, step as step_lib, train_state
+
+# HBM per chip in bytes, to say whether a compiled step fits (Cloud TPU docs).
+HBM_BYTES_PER_CHIP = {
+    "TPU v4": 32 * 2**30,
+    "TPU v5 lite": 16 * 2**30,
+    "TPU v5": 95 * 2**30,
+    "TPU v6 lite": 32 * 2**30,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class AotReport:
+  topology: str
+  device_kind: str
+  num_chips: int
+  mesh: dict[str, int]
+  argument_bytes: int  # per chip: state + batch shards
+  output_bytes: int
+  alias_bytes: int  # outputs that reuse donated argument buffers
+  temp_bytes: int  # activations, gradients, XLA scratch
+  generated_code_bytes: int
+  peak_bytes: int | None  # arguments + outputs - aliased + temporaries + code
+  hbm_bytes: int | None
+  fits: bool | None
+  flops_per_step: float | None
+  error: str | None = None  # XLA's message when the step does not fit at all
+
+
+def tpu_topology_devices(topology: str) -> list[Any]:
+  """The devices of a named TPU topology (e.g. 'v5e:2x2'), via libtpu's compile-only path."""
+  from jax.experimental import topologies
+  try:
+    return list(topologies.get_topology_desc(platform="tpu", topology_name=topology).devices)
+  except Exception as error:  # pylint: disable=broad-except
+    raise RuntimeError(f"cannot describe TPU topology {topology!r} ({error}); AOT compilation "
+                       "needs the optional libtpu package: pip install 'jax[tpu]'") from error
+
+
+def compile_train_step(devices: list[Any], mesh_config: sharding.MeshConfig,
+                       model_config: model.ModelConfig, optimizer_config: optimizer.OptimizerConfig,
+                       batch_size: int, seq_len: int, compute_dtype: str | None = None):
+  """Lowers and compiles the language-model train step on `devices` from abstract inputs
+  (nothing is allocated); returns (compiled, mesh)."""
+  mesh = sharding.make_mesh(mesh_config, devices)
+  tx = optimizer.make_optimizer(optimizer_config)
+  params_sh = sharding.param_shardings(model_config, mesh)
+  state = train_state.abstract_train_state(lambda r: model.init_params(model_config, r), tx,
+                                           mesh, params_sh)
+  batch = {"tokens": jax.ShapeDtypeStruct((batch_size, seq_len + 1), jnp.int32)}
+  batch_sh = sharding.batch_shardings(mesh, batch)
+  batch = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                       batch, batch_sh)
+  step = step_lib.jit_train_step(
+      step_lib.make_train_step(losses.language_model_loss(model_config), tx, compute_dtype),
+      train_state.state_shardings_of(state), batch_sh, sharding.replicated(mesh))
+  return step.lower(state, batch).compile(), mesh
+
+
+def aot_report(topology: str, mesh_config: sharding.MeshConfig,
+               model_config: model.ModelConfig, optimizer_config: optimizer.OptimizerConfig,
+               batch_size: int, seq_len: int, compute_dtype: str | None = None) -> AotReport:
+  """Compiles for `topology` and reports per-chip memory from `compiled.memory_analysis()`."""
+  devices = tpu_topology_devices(topology)
+  kind = devices[0].device_kind
+  hbm = next((v for k, v in sorted(HBM_BYTES_PER_CHIP.items(), key=lambda kv: -len(kv[0]))
+              if k in kind), None)
+  try:
+    compiled, mesh = compile_train_step(devices, mesh_config, model_config, optimizer_config,
+                                        batch_size, seq_len, compute_dtype)
+  except jax.errors.JaxRuntimeError as error:
+    if "RESOURCE_EXHAUSTED" not in str(error):
+      raise
+    # XLA refuses to compile what cannot fit in HBM: that is the answer, not a failure.
+    shape = dict(zip(sharding.AXES, mesh_config.shape(len(devices))))
+    return AotReport(
+        topology=topology, device_kind=kind, num_chips=len(devices), mesh=shape,
+        argument_bytes=0, output_bytes=0, alias_bytes=0, temp_bytes=0,
+        generated_code_bytes=0, peak_bytes=None, hbm_bytes=hbm, fits=False,
+        flops_per_step=None, error=str(error).splitlines()[0])
+  mem = compiled.memory_analysis()
+  peak = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
+          + mem.temp_size_in_bytes + mem.generated_code_size_in_bytes)
+  return AotReport(
+      topology=topology, device_kind=kind, num_chips=len(devices), mesh=dict(mesh.shape),
+      argument_bytes=mem.argument_size_in_bytes, output_bytes=mem.output_size_in_bytes,
+      alias_bytes=mem.alias_size_in_bytes, temp_bytes=mem.temp_size_in_bytes,
+      generated_code_bytes=mem.generated_code_size_in_bytes, peak_bytes=peak, hbm_bytes=hbm,
+      fits=None if hbm is None else peak <= hbm,
+      flops_per_step=metrics.compiled_flops(compiled, len(devices)))
+
+
+def main(argv: list[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--topology", required=True, help="e.g. v5e:2x2, v4:2x2x1, v5p:2x2x1")
+  parser.add_argument("--model", required=True, help=f"one of {sorted(model.PRESETS)}")
+  parser.add_argument("--mesh", default="1,-1,1", help="data,fsdp,tensor (one may be -1)")
+  parser.add_argument("--batch_size", type=int, required=True, help="global batch size")
+  parser.add_argument("--seq_len", type=int, required=True)
+  parser.add_argument("--compute_dtype", default=None, help="e.g. bfloat16")
+  parser.add_argument("--grad_accum_steps", type=int, default=1)
+  args = parser.parse_args(argv)
+  mesh_config = sharding.MeshConfig(*(int(x) for x in args.mesh.split(",")))
+  cfg = model.get_config(args.model)
+  if args.compute_dtype:
+    cfg = cfg.replace(dtype=args.compute_dtype)
+  report = aot_report(args.topology, mesh_config, cfg,
+                      optimizer.OptimizerConfig(grad_accum_steps=args.grad_accum_steps),
+                      args.batch_size, args.seq_len, args.compute_dtype)
+  print(json.dumps(dataclasses.asdict(report), indent=2))
+
+
+if __name__ == "__main__":
+  main()

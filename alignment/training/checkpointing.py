@@ -1,0 +1,134 @@
+"""Orbax checkpoints of a run: train state, data position and the run's config.
+
+Orbax writes each step into a temporary directory and renames it only once every item is
+complete, so a step that a crash (even SIGKILL) interrupted never counts as a checkpoint. A
+finalized step whose files are damaged (disk trouble, a hand-edited run directory) fails to
+restore; `restore_latest` then moves it aside as `<step>.corrupt` and falls back to the
+previous step, loudly, rather than dying or silently starting over.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from etils import epath
+
+from alignment.training.train_state import TrainState
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+  directory: str  # the run's checkpoint directory (local path or gs://...)
+  save_every: int = 1000  # steps between periodic saves; the final step is always saved
+  max_to_keep: int | None = 3  # newest N kept; None keeps all
+  async_save: bool = True  # write in a background thread while training continues
+
+
+@dataclasses.dataclass(frozen=True)
+class Restored:
+  step: int
+  state: TrainState
+  data_state: Any  # whatever the data iterator's get_state() returned, or None
+  config: dict | None  # the run config saved with the step
+
+
+def abstract_like(state: Any) -> Any:
+  """Shape/dtype/sharding structs of a (concrete or abstract) state: a restore target."""
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+
+
+class Checkpointer:
+  """A thin wrapper over `ocp.CheckpointManager` with three items per step:
+  `state` (sharded arrays), `data` (JSON data-iterator position), `config` (JSON)."""
+
+  def __init__(self, config: CheckpointConfig, run_config: dict | None = None):
+    if config.save_every < 1:
+      raise ValueError(f"checkpoint.save_every={config.save_every} must be >= 1")
+    self.config = config
+    self.directory = epath.Path(config.directory)
+    self._run_config = run_config or {}
+    # Which steps to save is decided here (every `save_every`-th step, and forced ones), so
+    # orbax's own interval policy is not used.
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=config.max_to_keep,
+        enable_async_checkpointing=config.async_save, cleanup_tmp_directories=True, create=True)
+    self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                          item_names=("state", "data", "config"))
+
+  def latest_step(self) -> int | None:
+    """Newest finalized step (in-flight async saves and interrupted ones do not count)."""
+    return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self._manager.all_steps())
+
+  def should_save(self, step: int) -> bool:
+    """Periodic saves fall on multiples of `save_every`."""
+    return step > 0 and step % self.config.save_every == 0
+
+  def save(self, step: int, state: TrainState, data_state: Any = None,
+           force: bool = False) -> bool:
+    """Saves if `step` is due (or `force`); returns whether a save started.
+
+    Device arrays are copied to host before this returns, so the caller may donate or
+    overwrite `state` right away while the files are written in the background.
+    """
+    if not (force or self.should_save(step)) or step in self._manager.all_steps():
+      return False
+    args = ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        data=ocp.args.JsonSave({"position": data_state}),
+        config=ocp.args.JsonSave(self._run_config))
+    return self._manager.save(step, args=args, force=True)
+
+  def restore(self, step: int, abstract_state: TrainState) -> Restored:
+    """Restores `step` onto the shardings in `abstract_state` (any mesh: orbax reads each
+    device's slice of the saved arrays, whatever mesh wrote them)."""
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore(),
+        config=ocp.args.JsonRestore()))
+    data = restored["data"]
+    return Restored(step=step, state=restored["state"],
+                    data_state=None if data is None else data.get("position"),
+                    config=restored["config"])
+
+  def restore_latest(self, abstract_state: TrainState) -> Restored | None:
+    """The newest step that restores cleanly, or None when the run has no checkpoint."""
+    for step in sorted(self._manager.all_steps(), reverse=True):
+      try:
+        return self.restore(step, abstract_state)
+      except Exception as error:  # pylint: disable=broad-except
+        log.error("checkpoint step %d in %s cannot be restored (%s: %s); moving it aside and "
+                  "trying the previous one", step, self.directory, type(error).__name__, error)
+        self._quarantine(step)
+    return None
+
+  def _quarantine(self, step: int) -> None:
+    if jax.process_index() == 0:
+      path = self.directory / str(step)
+      if path.exists():
+        path.rename(self.directory / f"{step}.corrupt")
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices(f"quarantine_checkpoint_{step}")
+    self._manager.reload()
+
+  def wait(self) -> None:
+    """Blocks until in-flight async saves are finalized."""
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.close()
+
+  def __enter__(self) -> Checkpointer:
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
