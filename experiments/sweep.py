@@ -4,7 +4,7 @@ A grid maps config keys to value lists, e.g. the Safety-Tuned LLaMAs grid
   {"data.num_safety": [0, 100, 300, 500, 1000, 1500, 2000],
    "data.safety_format": ["instruction", "question"], "seed": [0]}
 Each point becomes one run with its own work directory; a run whose directory holds
-`summary.json` (written by the training loop when it finishes) is skipped, so a sweep can be
+`result.json` (a job writes it last, once everything else is saved) is skipped, so a sweep can be
 restarted after an interruption. `--mode=local` runs the points one after another here,
 `--mode=print` prints one command per run, `--mode=tpu` prints one launch command per run.
 
@@ -65,7 +65,7 @@ def run_command(config: str, point: dict[str, Any], workdir: pathlib.Path,
 
 
 def is_finished(workdir: pathlib.Path, point: dict[str, Any]) -> bool:
-  return (workdir / run_name(point) / "summary.json").exists()
+  return (workdir / run_name(point) / "result.json").exists()
 
 
 def main(argv: Sequence[str]) -> None:

@@ -5,7 +5,7 @@ Steps, each one `gcloud compute tpus tpu-vm ...` command run on every worker of 
   copy    -> ship this checkout (git archive of HEAD) to all workers
   install -> create a venv and `pip install -e .` plus `jax[tpu]` on all workers
   run     -> `python -m alignment.main --config=...` on all workers at once (multi-host:
-             set --config.distributed.enabled=True so each host joins the job)
+             set --config.distributed.initialize=True so each host joins the job)
   delete  -> release the VM
 `--dry_run` prints every command instead of running it (that is how the tests check them).
 
@@ -80,7 +80,7 @@ def build_commands(steps: Sequence[str], *, name: str, zone: str, project: str |
           f".venv/bin/pip install -q -e . 'jax[tpu]'"))
     elif step == "run":
       run = (f"cd {remote_dir} && .venv/bin/python -m alignment.main "
-             f"--config={shlex.quote(config)} --config.distributed.enabled=True {overrides}")
+             f"--config={shlex.quote(config)} --config.distributed.initialize=True {overrides}")
       commands.append(_ssh_all(name, zone, project, run.strip()))
     elif step == "delete":
       commands.append(_gcloud("delete", name, zone, project, "--quiet"))

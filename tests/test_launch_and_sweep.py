@@ -23,7 +23,7 @@ def test_tpu_launch_commands_target_all_workers():
   assert ssh and all("--worker=all" in t for t in ssh)
   run = [t for t in text if "alignment.main" in t]
   assert len(run) == 1 and "--config=configs/sft.py:x" in run[0]
-  assert "--config.seed=3" in run[0] and "--config.distributed.enabled=True" in run[0]
+  assert "--config.seed=3" in run[0] and "--config.distributed.initialize=True" in run[0]
   assert text[-1].endswith("--quiet") and " delete vm " in text[-1]
   with pytest.raises(ValueError, match="unknown launch step"):
     tpu_vm.build_commands(["boot"], name="vm", zone="z")
@@ -43,7 +43,7 @@ def test_grid_expansion_and_skipping(tmp_path):
   assert len({sweep.run_name(p) for p in points}) == len(points)
   done = points[3]
   (tmp_path / sweep.run_name(done)).mkdir()
-  (tmp_path / sweep.run_name(done) / "summary.json").write_text("{}")
+  (tmp_path / sweep.run_name(done) / "result.json").write_text("{}")
   assert sweep.is_finished(tmp_path, done)
   assert not sweep.is_finished(tmp_path, points[4])
   cmd = sweep.run_command("configs/sft.py:p", done, tmp_path)
@@ -56,7 +56,7 @@ def test_grid_expansion_and_skipping(tmp_path):
 def test_sweep_cli_print_mode_skips_finished(tmp_path):
   finished = tmp_path / "num_safety=0_safety_format=instruction_seed=0"
   finished.mkdir()
-  (finished / "summary.json").write_text("{}")
+  (finished / "result.json").write_text("{}")
   out = subprocess.run(
       [sys.executable, "-m", "experiments.sweep", f"--workdir={tmp_path}", "--mode=print",
        "--num_safety=0,100", "--formats=instruction"], cwd=REPO, capture_output=True,

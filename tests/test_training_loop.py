@@ -155,3 +155,23 @@ def test_global_batch_single_process_holds_every_row(tiny):
   np.testing.assert_array_equal(np.asarray(out["tokens"]), local["tokens"])
   sharding = out["tokens"].sharding
   assert distributed.process_rows(sharding, 8) == slice(0, 8)
+
+
+def test_hooks_run_every_n_steps_on_that_steps_state(tiny, tmp_path):
+  seen = []
+
+  def hook(step, state):
+    seen.append((step, int(state.step)))
+    return {"eval_loss": 0.5 * step, "note": "not a scalar"}
+
+  out = tmp_path / "out"
+  loop.train(loop.LoopConfig(num_steps=5, log_every=5, output_dir=str(out), progress_bar=False),
+             tiny.fresh(), tiny.step, tiny_training.SyntheticBatches(tiny.cfg.vocab_size),
+             mesh=tiny.mesh, hooks=[loop.Hook(2, hook)])
+  assert seen == [(2, 2), (4, 4)]
+  (event_file,) = (out / "tensorboard").glob("events.out.tfevents.*")
+  assert read_scalars(event_file)["eval_loss"] == {2: 1.0, 4: 2.0}
+  with pytest.raises(ValueError, match="every=0"):
+    loop.train(loop.LoopConfig(num_steps=1, progress_bar=False), tiny.fresh(), tiny.step,
+               tiny_training.SyntheticBatches(tiny.cfg.vocab_size), mesh=tiny.mesh,
+               hooks=[loop.Hook(0, hook)])

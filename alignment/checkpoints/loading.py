@@ -2,7 +2,8 @@
 
 `checkpoint` chooses the source:
   "embedded"          the Gemma 3 270M base model shipped with the package (GGUF)
-  "random"            random initialisation of `preset` (tests, speed benchmarks)
+  "random"            random initialisation of `preset` (tests, speed benchmarks); with a
+                      `tokenizer`, the vocabulary is resized to match it
   path/to/x.gguf      a GGUF file of a Gemma 3 model
   path/to/hf_dir      a Hugging Face safetensors checkpoint (config.json beside the weights)
   path/to/flax_dir    an official Flax/orbax Gemma checkpoint
@@ -34,6 +35,9 @@ def load_model(model_config: Any) -> tuple[ModelConfig, Any, Tokenizer | None]:
     cfg, params, tokenizer = load_embedded("float32")
   elif checkpoint == "random":
     cfg = get_config(preset)
+    if tokenizer_path:  # a random model sized to the given tokenizer's vocabulary
+      tokenizer = Tokenizer.from_model_file(tokenizer_path)
+      cfg = cfg.replace(vocab_size=tokenizer.vocab_size)
     params = init_params(cfg, jax.random.key(int(model_config.get("seed", 0))))
   else:
     path = pathlib.Path(checkpoint).expanduser()
@@ -51,8 +55,11 @@ def load_model(model_config: Any) -> tuple[ModelConfig, Any, Tokenizer | None]:
       cfg, params = load_flax_gemma(path)
     if tokenizer is None and (path / "tokenizer.model").exists():
       tokenizer = Tokenizer.from_model_file(path / "tokenizer.model")
-  if tokenizer_path:
+  if tokenizer_path and checkpoint != "random":  # overrides the checkpoint's own
     tokenizer = Tokenizer.from_model_file(tokenizer_path)
+  if tokenizer is not None and tokenizer.vocab_size > cfg.vocab_size:
+    raise ValueError(f"tokenizer {tokenizer.source} has {tokenizer.vocab_size} pieces but the "
+                     f"model's vocabulary holds {cfg.vocab_size}")
   # Parameters stay float32 (master weights); `dtype` is the compute dtype of activations.
   cfg = cfg.replace(dtype=dtype, param_dtype="float32")
   params = jax.tree.map(lambda x: x.astype("float32"), params)

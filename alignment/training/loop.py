@@ -37,6 +37,18 @@ class LoopConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class Hook:
+  """Host-side work every `every` steps (held-out loss, sample answers): `fn(step, state)`.
+
+  It runs after the step's metrics are checked and before that step's checkpoint is saved;
+  what it returns is logged (its scalar values) when it is a dict.
+  """
+
+  every: int
+  fn: Callable[[int, TrainState], Any]
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainResult:
   state: TrainState
   summary: dict[str, Any]
@@ -50,7 +62,8 @@ def train(config: LoopConfig, state: TrainState, train_step: Callable, batches: 
           checkpointer: Checkpointer | None = None, *, mesh: Mesh,
           learning_rate_fn: Callable[[int], float] | None = None,
           flops_per_step: float | Callable[[Any], float] | None = None,
-          tokens_per_step: Callable[[Any], int] = metrics_lib.count_tokens) -> TrainResult:
+          tokens_per_step: Callable[[Any], int] = metrics_lib.count_tokens,
+          hooks: tuple[Hook, ...] | list[Hook] = ()) -> TrainResult:
   """Trains `state` up to `config.num_steps` with `train_step(state, batch)`.
 
   Args:
@@ -65,7 +78,11 @@ def train(config: LoopConfig, state: TrainState, train_step: Callable, batches: 
     learning_rate_fn: step -> learning rate, logged when given.
     flops_per_step: FLOPs of one step (or batch -> FLOPs) for MFU; default: XLA's count of
       the compiled step for each new batch shape.
+    hooks: `Hook`s run every N steps (and never on a step whose metrics were not finite).
   """
+  for hook in hooks:
+    if hook.every < 1:
+      raise ValueError(f"hook every={hook.every} must be >= 1")
   primary = distributed.is_primary()
   resumable = hasattr(batches, "get_state") and hasattr(batches, "set_state")
   if checkpointer is not None:
@@ -123,7 +140,7 @@ def train(config: LoopConfig, state: TrainState, train_step: Callable, batches: 
     logger.advance()
     if window["t"] is None:  # The first step includes compilation: time from its end.
       first_step_seconds = now - t_start
-      window.update(t=now, tokens=0, steps=0, flops=0.0)
+      window.update(t=now, tokens=0, steps=0, flops=0.0, hook_seconds=0.0)
     else:
       window["tokens"] += tokens
       window["steps"] += 1
@@ -133,7 +150,7 @@ def train(config: LoopConfig, state: TrainState, train_step: Callable, batches: 
   def flush_log(step: int) -> None:
     now = time.perf_counter()
     values = dict(window.get("last_values", {}))
-    elapsed = now - window["t"]
+    elapsed = now - window["t"] - window.get("hook_seconds", 0.0)
     if window["steps"] and elapsed > 0:
       values["tokens_per_sec"] = window["tokens"] / elapsed
       values["steps_per_sec"] = window["steps"] / elapsed
@@ -146,7 +163,7 @@ def train(config: LoopConfig, state: TrainState, train_step: Callable, batches: 
     if learning_rate_fn is not None:
       values["learning_rate"] = learning_rate_fn(step)
     logger.log(step, values)
-    window.update(t=now, tokens=0, steps=0, flops=0.0)
+    window.update(t=now, tokens=0, steps=0, flops=0.0, hook_seconds=0.0)
 
   pending = None
   step = start
@@ -167,11 +184,21 @@ def train(config: LoopConfig, state: TrainState, train_step: Callable, batches: 
       save_due = checkpointer is not None and (
           checkpointer.should_save(step) or step == config.num_steps)
       log_due = step % config.log_every == 0 or step == config.num_steps
-      if save_due or log_due:
+      due_hooks = [h for h in hooks if step % h.every == 0]
+      if save_due or log_due or due_hooks:
         finish(*pending)
         pending = None
       if log_due:
         flush_log(step)
+      for hook in due_hooks:
+        hook_start = time.perf_counter()
+        out = hook.fn(step, state)
+        scalars = {k: float(v) for k, v in (out or {}).items()
+                   if isinstance(v, (int, float, np.floating)) and k != "step"}
+        if scalars:
+          logger.log(step, scalars)
+        # Hook time is not training time: tokens/s and MFU leave it out.
+        window["hook_seconds"] = window.get("hook_seconds", 0.0) + time.perf_counter() - hook_start
       if save_due:
         data_state = batches.get_state() if resumable else None
         if checkpointer.save(step, state, data_state, force=step == config.num_steps):

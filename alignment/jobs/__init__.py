@@ -1,0 +1,1 @@
+"""Runnable jobs: `alignment.main` imports `alignment.jobs.<config.job>` and calls its `run`."""

@@ -1,0 +1,169 @@
+"""Job `sft`: supervised fine-tuning on an instruction mixture with K safety examples.
+
+Response-only next-token loss (prompt tokens carry no loss), LoRA or full fine-tuning, packed
+or padded batches, held-out loss and sample answers every `eval.every` steps, resumable from
+the run directory's checkpoints. Writes to `workdir`: checkpoints/, TensorBoard events,
+mixture.json (what went in), adapters.npz (LoRA) and result.json (written last, so a sweep
+can tell a finished run).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from alignment import lora as lora_lib
+from alignment import sharding
+from alignment.data import mixtures, pipeline
+from alignment.jobs import common
+from alignment.prompts import get_template
+from alignment.sampling import Sampler
+from alignment.training import distributed, loop, losses, optimizer
+from alignment.training import step as step_lib
+from alignment.training import train_state as train_state_lib
+
+log = logging.getLogger(__name__)
+
+
+def build_data(config: ml_collections.ConfigDict) -> tuple[list, list, dict]:
+  """(train examples, held-out examples, mixture report) for `config.data`.
+
+  The held-out examples are extra base examples drawn with the mixture, so N and K of the
+  training mixture stay exactly as configured.
+  """
+  d = config.data
+  held_out = d.eval_examples
+  mix_cfg = mixtures.MixtureConfig(
+      base_source=d.base_source, num_base=d.num_base + held_out,
+      safety_source=d.safety_source, num_safety=d.num_safety,
+      safety_fraction=d.safety_fraction if d.safety_fraction >= 0 else None,
+      safety_format=d.safety_format, template=d.template, system_prompt=d.system_prompt,
+      seed=config.seed, dedup=d.dedup, remove_eval_overlap=d.remove_eval_overlap)
+  examples, report = mixtures.build_mixture(mix_cfg, common.data_dir(config))
+  base_positions = [i for i, e in enumerate(examples) if e.source == d.base_source]
+  eval_index = set(base_positions[:held_out])
+  train = [e for i, e in enumerate(examples) if i not in eval_index]
+  evaluation = [examples[i] for i in sorted(eval_index)]
+  if not train:
+    raise ValueError("the training mixture is empty: set data.num_base or data.num_safety > 0")
+  return train, evaluation, dataclasses.asdict(report)
+
+
+def make_loss_fn(cfg, lcfg):
+  lm_loss = losses.language_model_loss(cfg)
+
+  def loss_fn(params, batch, rng):
+    return lm_loss(common.merged_params(params, lcfg, rng), batch, rng)
+
+  return loss_fn
+
+
+def make_eval_fn(cfg, lcfg):
+  lm_loss = losses.language_model_loss(cfg)
+
+  @jax.jit
+  def eval_fn(params, batch):
+    loss, aux = lm_loss(common.merged_params(params, lcfg), batch, jax.random.key(0))
+    return loss * aux["num_target_tokens"], aux["num_target_tokens"]
+
+  return eval_fn
+
+
+def held_out_loss(eval_fn, params, batches, num_batches: int, mesh) -> float:
+  total, count = 0.0, 0.0
+  for _ in range(num_batches):
+    try:
+      batch = next(batches)
+    except StopIteration:
+      break
+    loss_sum, n = eval_fn(params, distributed.global_batch(batch, mesh))
+    total += float(loss_sum)
+    count += float(n)
+  return total / max(count, 1.0)
+
+
+def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  workdir, mesh = common.start(config)
+  rng = jax.random.key(config.seed)
+  init_rng, state_rng = jax.random.split(rng)
+  trainable = common.load_trainable(config, mesh, init_rng)
+  cfg, lcfg, tokenizer = trainable.model_config, trainable.lora, trainable.tokenizer
+  if tokenizer is None:
+    raise ValueError("sft needs a tokenizer: the checkpoint has none; set model.tokenizer")
+  template = get_template(config.data.template)
+
+  train_examples, eval_examples, mixture_report = build_data(config)
+  if distributed.is_primary():
+    (workdir / "mixture.json").write_text(json.dumps(mixture_report, indent=2, default=str))
+  pipe = pipeline.PipelineConfig(
+      max_length=config.data.max_length, batch_size=config.train.batch_size,
+      packing=config.data.packing, seed=config.seed, system=config.data.system_prompt,
+      shard_index=jax.process_index(), shard_count=jax.process_count(),
+      skip_long_prompts=True)
+  batches = pipeline.make_batches(train_examples, tokenizer, template, pipe)
+  eval_pipe = dataclasses.replace(pipe, shuffle=False, num_epochs=1, packing=False)
+
+  opt_cfg = common.optimizer_config(config.train, trainable.frozen)
+  tx = optimizer.make_optimizer(opt_cfg)
+  state = common.new_state(trainable, tx, state_rng, mesh)
+  example = next(iter(pipeline.make_batches(train_examples[:config.train.batch_size * 2],
+                                            tokenizer, template,
+                                            dataclasses.replace(pipe, num_epochs=1))))
+  compute_dtype = None if cfg.dtype == "float32" else cfg.dtype
+  train_step = step_lib.jit_train_step(
+      step_lib.make_train_step(make_loss_fn(cfg, lcfg), tx, compute_dtype),
+      train_state_lib.state_shardings_of(state), sharding.batch_shardings(mesh, example),
+      sharding.replicated(mesh))
+  eval_fn = make_eval_fn(cfg, lcfg)
+  prompts = [p.strip() for p in config.eval.prompts.split("|") if p.strip()]
+  merge = jax.jit(lambda p: common.merged_params(p, lcfg))
+  history: list[dict[str, Any]] = []
+
+  def evaluate(step: int, state) -> dict[str, Any]:
+    record: dict[str, Any] = {"step": step}
+    if eval_examples:
+      with pipeline.make_batches(eval_examples, tokenizer, template, eval_pipe) as eval_batches:
+        record["eval_loss"] = held_out_loss(eval_fn, state.params, eval_batches,
+                                            config.eval.batches, mesh)
+    if prompts:
+      sampler = Sampler(cfg, merge(state.params), tokenizer, template=template)
+      record["samples"] = dict(zip(prompts, sampler(prompts, config.eval.max_new_tokens).text))
+    history.append(record)
+    if distributed.is_primary():
+      log.info("step %d: %s", step, json.dumps(record, ensure_ascii=False)[:2000])
+    return record
+
+  with common.checkpointer(config, workdir) as ckpt, batches:
+    result = loop.train(
+        loop.LoopConfig(num_steps=config.train.steps, log_every=config.train.log_every,
+                        output_dir=str(workdir), progress_bar=config.train.progress_bar),
+        state, train_step, batches, ckpt, mesh=mesh,
+        learning_rate_fn=lambda s: optimizer.learning_rate_at(opt_cfg, s),
+        hooks=[loop.Hook(config.eval.every, evaluate)])
+  final_state = result.state
+  if not history or history[-1]["step"] != int(final_state.step):
+    evaluate(int(final_state.step), final_state)
+
+  outputs: dict[str, Any] = {}
+  if distributed.is_primary():
+    if lcfg is not None:
+      lora_lib.save_adapters(workdir / "adapters.npz", jax.device_get(final_state.params["lora"]),
+                             lcfg)
+      outputs["adapters"] = str(workdir / "adapters.npz")
+    if config.export_merged:
+      from alignment.checkpoints.huggingface import save_safetensors  # pylint: disable=import-outside-toplevel
+      outputs["merged_model"] = str(save_safetensors(
+          cfg.replace(dtype="float32"), jax.device_get(merge(final_state.params)),
+          workdir / "merged_hf"))
+    summary = {"train": result.summary, "evaluations": history, "outputs": outputs,
+               "train_examples": len(train_examples), "eval_examples": len(eval_examples),
+               "tokenize": dataclasses.asdict(batches.stats) if batches.stats else None}
+    (workdir / "result.json").write_text(json.dumps(summary, indent=2, default=str))
+  return {"state": final_state, "history": history, "outputs": outputs}
