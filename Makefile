@@ -3,6 +3,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv
 
+# Data is read from here (the real files beside the project); override for your own copy.
+ALIGNMENT_DATA_DIR ?= $(abspath ../shared/data)
+export ALIGNMENT_DATA_DIR
+
 .PHONY: setup setup-test run test
 
 $(PY):

@@ -9,11 +9,13 @@ type stops the program before any work starts, with the key named in the message
 from __future__ import annotations
 
 import importlib
+import logging
 import re
 import sys
 
 from absl import app
 from absl import flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -49,9 +51,18 @@ def parse_flags(argv: list[str]) -> list[str]:
     sys.exit(f"config error: {detail}\n  overrides given: {' '.join(overrides) or 'none'}")
 
 
+class _QuietLibraries(logging.Filter):
+  """Drops INFO chatter of libraries (orbax logs every checkpoint option) from the console."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    noisy = any(f"/{lib}/" in record.pathname for lib in ("orbax", "etils", "grain"))
+    return record.levelno >= logging.WARNING or not noisy
+
+
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  absl_logging.get_absl_handler().addFilter(_QuietLibraries())
   run_job(_CONFIG.value)
 
 
