@@ -61,6 +61,14 @@ def test_sft_resumes_from_its_checkpoint(tmp_path, tokenizer_path, data_dir):
   result = json.loads((tmp_path / "run" / "result.json").read_text())
   assert result["train"]["start_step"] == 6 and result["train"]["final_step"] == 9
   assert int(second["state"].step) == 9 and int(first["state"].step) == 6
+  # The frozen base is not in the checkpoints: a step holds the adapters and their moments
+  # (plus metadata), well short of what adding the base would take.
+  nbytes = lambda tree: sum(x.nbytes for x in jax.tree.leaves(tree))
+  state = second["state"]
+  trained = nbytes(state.params["lora"]) + nbytes(state.opt_state)
+  step_dir = tmp_path / "run" / "checkpoints" / "9"
+  saved = sum(f.stat().st_size for f in step_dir.rglob("*") if f.is_file())
+  assert trained < saved < trained + nbytes(state.params["base"]) / 2
 
 
 def test_sft_config_errors(tmp_path, tokenizer_path):

@@ -93,7 +93,8 @@ def optimizer_config(train: ml_collections.ConfigDict,
                      frozen: tuple[str, ...]) -> optimizer.OptimizerConfig:
   return optimizer.OptimizerConfig(
       learning_rate=train.learning_rate, schedule=train.schedule,
-      warmup_steps=min(train.warmup_steps, train.steps),
+      # Warmup must leave at least one decay step (optax's cosine needs one).
+      warmup_steps=min(train.warmup_steps, max(train.steps // train.grad_accum_steps - 1, 0)),
       total_steps=train.steps // train.grad_accum_steps, weight_decay=train.weight_decay,
       max_grad_norm=train.max_grad_norm or None, grad_accum_steps=train.grad_accum_steps,
       frozen=frozen)
@@ -104,13 +105,16 @@ def new_state(trainable: Trainable, tx, rng: jax.Array, mesh):
                                                  trainable.shardings)
 
 
-def checkpointer(config: ml_collections.ConfigDict,
-                 workdir: pathlib.Path) -> checkpointing.Checkpointer:
+def checkpointer(config: ml_collections.ConfigDict, workdir: pathlib.Path,
+                 trainable: Trainable | None = None) -> checkpointing.Checkpointer:
+  """The run's checkpointer; with LoRA the frozen base is not written (the job reloads it)."""
+  skip = ("base",) if trainable is not None and trainable.lora is not None else ()
   return checkpointing.Checkpointer(
       checkpointing.CheckpointConfig(str(workdir / "checkpoints"),
                                      save_every=config.checkpoint.every,
                                      max_to_keep=config.checkpoint.keep,
-                                     async_save=config.checkpoint.async_save),
+                                     async_save=config.checkpoint.async_save,
+                                     skip_params=skip),
       run_config=json.loads(config.to_json_best_effort()))
 
 

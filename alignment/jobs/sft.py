@@ -140,7 +140,7 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
       log.info("step %d: %s", step, json.dumps(record, ensure_ascii=False)[:2000])
     return record
 
-  with common.checkpointer(config, workdir) as ckpt, batches:
+  with common.checkpointer(config, workdir, trainable) as ckpt, batches:
     result = loop.train(
         loop.LoopConfig(num_steps=config.train.steps, log_every=config.train.log_every,
                         output_dir=str(workdir), progress_bar=config.train.progress_bar),

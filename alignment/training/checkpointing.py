@@ -28,6 +28,9 @@ class CheckpointConfig:
   save_every: int = 1000  # steps between periodic saves; the final step is always saved
   max_to_keep: int | None = 3  # newest N kept; None keeps all
   async_save: bool = True  # write in a background thread while training continues
+  # Top-level keys of `state.params` left out of checkpoints: frozen weights (a LoRA run's
+  # base model) that the job loads anyway, so each checkpoint holds only what trains.
+  skip_params: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,27 +86,49 @@ class Checkpointer:
     if not (force or self.should_save(step)) or step in self._manager.all_steps():
       return False
     args = ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
+        state=ocp.args.StandardSave(self._saved_part(state)),
         data=ocp.args.JsonSave({"position": data_state}),
         config=ocp.args.JsonSave(self._run_config))
     return self._manager.save(step, args=args, force=True)
 
-  def restore(self, step: int, abstract_state: TrainState) -> Restored:
+  def _saved_part(self, state: TrainState) -> TrainState:
+    if not self.config.skip_params:
+      return state
+    missing = [k for k in self.config.skip_params if k not in state.params]
+    if missing:
+      raise ValueError(f"checkpoint.skip_params {missing} are not keys of the state's params "
+                       f"({sorted(state.params)})")
+    kept = {k: v for k, v in state.params.items() if k not in self.config.skip_params}
+    return state.replace(params=kept)
+
+  def restore(self, step: int, abstract_state: TrainState,
+              skipped_from: TrainState | None = None) -> Restored:
     """Restores `step` onto the shardings in `abstract_state` (any mesh: orbax reads each
-    device's slice of the saved arrays, whatever mesh wrote them)."""
+    device's slice of the saved arrays, whatever mesh wrote them).
+
+    Parameters left out by `skip_params` are taken from `skipped_from` (the caller's state).
+    """
+    if self.config.skip_params and skipped_from is None:
+      raise ValueError("this checkpointer skips params "
+                       f"{list(self.config.skip_params)}; pass skipped_from= to restore them")
     restored = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore(),
-        config=ocp.args.JsonRestore()))
+        state=ocp.args.StandardRestore(self._saved_part(abstract_state)),
+        data=ocp.args.JsonRestore(), config=ocp.args.JsonRestore()))
     data = restored["data"]
-    return Restored(step=step, state=restored["state"],
+    state = restored["state"]
+    if self.config.skip_params:
+      state = state.replace(params={**state.params, **{
+          k: skipped_from.params[k] for k in self.config.skip_params}})
+    return Restored(step=step, state=state,
                     data_state=None if data is None else data.get("position"),
                     config=restored["config"])
 
-  def restore_latest(self, abstract_state: TrainState) -> Restored | None:
+  def restore_latest(self, abstract_state: TrainState,
+                     skipped_from: TrainState | None = None) -> Restored | None:
     """The newest step that restores cleanly, or None when the run has no checkpoint."""
     for step in sorted(self._manager.all_steps(), reverse=True):
       try:
-        return self.restore(step, abstract_state)
+        return self.restore(step, abstract_state, skipped_from)
       except Exception as error:  # pylint: disable=broad-except
         log.error("checkpoint step %d in %s cannot be restored (%s: %s); moving it aside and "
                   "trying the previous one", step, self.directory, type(error).__name__, error)

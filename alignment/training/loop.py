@@ -88,7 +88,7 @@ def train(config: LoopConfig, state: TrainState, train_step: Callable, batches: 
   if checkpointer is not None:
     latest = checkpointer.latest_step()
     if latest is not None and latest > int(state.step):
-      restored = checkpointer.restore_latest(abstract_like(state))
+      restored = checkpointer.restore_latest(abstract_like(state), skipped_from=state)
       if restored is not None:
         del state
         state = restored.state

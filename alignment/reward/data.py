@@ -1,0 +1,149 @@
+"""Preference pairs for reward models: a seeded train/validation split, tokenization that keeps
+the end of long prompts, and a synthetic task for tests.
+
+Only the HH test splits are available, so train and validation both come from them. The split
+is by conversation opening (the first Human turn): HH holds several conversations that start
+alike, and splitting them across train and validation would leak.
+
+`alignment.data.tokenize.tokenize_pair` keeps whole prompts; HH prompts are multi-turn
+transcripts whose *last* turns decide the preference, so here a long prompt loses its
+beginning instead (BOS kept), and responses keep their start.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+
+from alignment.data import tokenize as tok
+from alignment.data.records import PreferencePair
+from alignment.tokenizer import Tokenizer
+
+_ASSISTANT = "\n\nAssistant:"
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  train: list
+  validation: list
+  seed: int
+  validation_fraction: float
+  groups: int  # distinct conversation openings split between the two
+
+
+def conversation_key(pair: PreferencePair) -> str:
+  """The first turn of the prompt: pairs sharing it go to the same side of the split."""
+  return pair.prompt.split(_ASSISTANT, 1)[0].strip()
+
+
+def split_pairs(pairs: Sequence[PreferencePair], validation_fraction: float,
+                seed: int) -> Split:
+  """Shuffles conversation groups with `seed`; the first ones fill `validation_fraction`."""
+  if not 0.0 < validation_fraction < 1.0:
+    raise ValueError(f"data.validation_fraction={validation_fraction} must be in (0, 1)")
+  if len(pairs) < 2:
+    raise ValueError(f"need at least 2 pairs to split, got {len(pairs)}")
+  groups: dict[str, list[int]] = {}
+  for i, pair in enumerate(pairs):
+    groups.setdefault(conversation_key(pair), []).append(i)
+  keys = list(groups)
+  order = np.random.default_rng(seed).permutation(len(keys))
+  target = validation_fraction * len(pairs)
+  val_idx: list[int] = []
+  for k in order:
+    if len(val_idx) >= target:
+      break
+    val_idx.extend(groups[keys[k]])
+  chosen = set(val_idx)
+  train = [p for i, p in enumerate(pairs) if i not in chosen]
+  validation = [pairs[i] for i in sorted(chosen)]
+  if not train or not validation:
+    raise ValueError(f"split of {len(pairs)} pairs left an empty side; adjust "
+                     f"data.validation_fraction={validation_fraction}")
+  rng = np.random.default_rng(seed + 1)  # shuffled so that max_pairs caps take a fair sample
+  return Split([train[i] for i in rng.permutation(len(train))],
+               [validation[i] for i in rng.permutation(len(validation))],
+               seed, validation_fraction, len(keys))
+
+
+@dataclasses.dataclass
+class PairStats:
+  pairs: int = 0
+  prompts_cut: int = 0  # prompts that lost their beginning
+  responses_cut: int = 0  # pairs with a response that lost its end
+  empty_skipped: int = 0  # pairs with an empty reply (a few HH rows): nothing to score
+
+
+def tokenize_pair_keep_end(pair: PreferencePair, tokenizer: Tokenizer, max_length: int
+                           ) -> tuple[tok.Pair, bool, bool]:
+  """One pair -> {"prompt", "chosen", "rejected", "margin"} within `max_length` per side.
+
+  The prompt gets what the longer response leaves, but at least half of `max_length`; past
+  that it keeps BOS and its last tokens. Returns (pair, prompt cut, a response cut).
+  """
+  if max_length < 4:
+    raise ValueError(f"data.max_length={max_length} is too short for a prompt and a reply")
+  for name in ("chosen", "rejected"):
+    if not getattr(pair, name).strip():
+      raise ValueError(f"pair from {pair.source or '?'!r} (prompt {pair.prompt[:60]!r}): "
+                       f"empty {name} response")
+  prompt = tok.encode_prompt(pair.prompt, tokenizer)
+  chosen = tok.encode_response(pair.chosen, None, tokenizer)
+  rejected = tok.encode_response(pair.rejected, None, tokenizer)
+  longest = max(len(chosen), len(rejected))
+  budget = min(len(prompt), max(max_length - longest, max_length // 2))
+  prompt_cut = budget < len(prompt)
+  if prompt_cut:
+    prompt = np.concatenate([prompt[:1], prompt[len(prompt) - (budget - 1):]])
+  room = max_length - len(prompt)
+  margin = np.float32(0.0 if pair.margin is None else pair.margin)
+  return ({"prompt": prompt, "chosen": chosen[:room], "rejected": rejected[:room],
+           "margin": margin}, prompt_cut, longest > room)
+
+
+def tokenize_pairs_keep_end(pairs: Sequence[PreferencePair], tokenizer: Tokenizer,
+                            max_length: int) -> tuple[list[tok.Pair], PairStats]:
+  """Tokenizes every pair, skipping (and counting) those with an empty reply."""
+  if not pairs:
+    raise ValueError("no preference pairs to tokenize")
+  out, stats = [], PairStats()
+  for pair in pairs:
+    if not pair.chosen.strip() or not pair.rejected.strip():
+      stats.empty_skipped += 1
+      continue
+    tokenized, prompt_cut, response_cut = tokenize_pair_keep_end(pair, tokenizer, max_length)
+    out.append(tokenized)
+    stats.pairs += 1
+    stats.prompts_cut += prompt_cut
+    stats.responses_cut += response_cut
+  if not out:
+    raise ValueError(f"all {len(pairs)} pairs have an empty reply")
+  return out, stats
+
+
+def synthetic_pairs(num_pairs: int, vocab_size: int, max_length: int, seed: int,
+                    marker: int = 7) -> list[tok.Pair]:
+  """Token-id pairs where the chosen response contains `marker` (somewhere) and the rejected
+  one does not: an easy preference a tiny random model can learn, for tests.
+
+  Ids 0-9 are reserved (pad/eos/bos/markers); every other token is uniform in [10, vocab).
+  """
+  if vocab_size <= 10 or max_length < 8:
+    raise ValueError("synthetic pairs need vocab_size > 10 and max_length >= 8")
+  rng = np.random.default_rng(seed)
+  out = []
+  for _ in range(num_pairs):
+    prompt_len = int(rng.integers(2, max_length // 2))
+    room = max_length - prompt_len
+    prompt = np.concatenate([[2], rng.integers(10, vocab_size, prompt_len - 1)])
+    sides = []
+    for _ in range(2):
+      n = int(rng.integers(2, room + 1))
+      sides.append(np.concatenate([rng.integers(10, vocab_size, n - 1), [1]]))
+    chosen, rejected = sides
+    chosen[rng.integers(0, len(chosen) - 1)] = marker
+    out.append({"prompt": prompt.astype(np.int32), "chosen": chosen.astype(np.int32),
+                "rejected": rejected.astype(np.int32), "margin": np.float32(0.0)})
+  return out
