@@ -2,3 +2,6 @@
 
 from alignment.prompts.templates import (
     ALPACA, GEMMA_CHAT, PromptTemplate, get_template, load_alpaca_style_template)
+from alignment.prompts.library import (
+    DynamicTemplate, FewShotExample, TemplateError, TemplateLibrary, TextTemplate, load_library,
+    placeholders, render, resolve_template)

@@ -1,0 +1,1 @@
+"""Interpretability tools for prompt debugging (token salience and its renderings)."""
