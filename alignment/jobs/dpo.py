@@ -1,0 +1,189 @@
+"""Job `dpo`: Direct Preference Optimization on HH preference pairs against a frozen reference.
+
+Pairs come from one or more preference sources ('hh_harmless,hh_helpful'), split into train
+and validation by conversation with `seed` (`alignment.reward.data.split_pairs`), or from the
+synthetic task for tests. Long HH prompts keep their end. With LoRA the reference is the base
+with adapters off; full fine-tuning keeps a frozen copy. Validation preference accuracy (the
+policy's implicit reward ranks the chosen reply higher) is measured before training, every
+`eval.every` steps and at the end. Writes to `workdir`: checkpoints/, TensorBoard events,
+data.json, adapters.npz (LoRA) and result.json (last).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from alignment import lora as lora_lib
+from alignment import model as model_lib
+from alignment import sharding
+from alignment.data import batching, pipeline, sources
+from alignment.jobs import common
+from alignment.reward import data as reward_data
+from alignment.reward import model as reward_model
+from alignment.rl import dpo
+from alignment.training import distributed, loop, optimizer
+from alignment.training import step as step_lib
+from alignment.training import train_state as train_state_lib
+
+log = logging.getLogger(__name__)
+
+
+def dpo_config(config: ml_collections.ConfigDict) -> dpo.DPOConfig:
+  return dpo.DPOConfig(beta=config.dpo.beta, loss_type=config.dpo.loss_type,
+                       label_smoothing=config.dpo.label_smoothing)
+
+
+def build_pairs(config: ml_collections.ConfigDict, tokenizer, vocab_size: int
+                ) -> tuple[list, list, dict[str, Any]]:
+  """(train pairs, validation pairs) tokenized, and a report of the split and truncation."""
+  d = config.data
+  names = [n.strip() for n in d.source.split(",") if n.strip()]
+  if not names:
+    raise ValueError("data.source is empty; name preference sources, e.g. 'hh_harmless'")
+  if names == ["synthetic"]:
+    pairs = reward_data.synthetic_pairs(d.synthetic_pairs, vocab_size, d.max_length,
+                                        config.seed)
+    order = np.random.default_rng(config.seed).permutation(len(pairs))
+    n_val = max(1, int(round(d.validation_fraction * len(pairs))))
+    val = [pairs[i] for i in order[:n_val]]
+    train = [pairs[i] for i in order[n_val:]]
+    report: dict[str, Any] = {"source": "synthetic", "pairs": len(pairs)}
+  else:
+    unknown = [n for n in names if n not in sources.PREFERENCE_SOURCES]
+    if unknown:
+      raise ValueError(f"data.source: {unknown} are not preference sources; known: "
+                       f"{', '.join(sources.PREFERENCE_SOURCES)} (or 'synthetic')")
+    if tokenizer is None:
+      raise ValueError(f"data.source={d.source!r} needs a tokenizer: the checkpoint has none; "
+                       "set model.tokenizer")
+    records = [r for n in names for r in sources.load(n, common.data_dir(config))]
+    split = reward_data.split_pairs(records, d.validation_fraction, config.seed)
+    train_records = split.train[:d.max_pairs or None]
+    val_records = split.validation[:d.max_validation_pairs or None]
+    train, train_stats = reward_data.tokenize_pairs_keep_end(train_records, tokenizer,
+                                                             d.max_length)
+    val, val_stats = reward_data.tokenize_pairs_keep_end(val_records, tokenizer, d.max_length)
+    report = {"source": d.source, "pairs": len(records), "groups": split.groups,
+              "split_train": len(split.train), "split_validation": len(split.validation),
+              "tokenize_train": dataclasses.asdict(train_stats),
+              "tokenize_validation": dataclasses.asdict(val_stats)}
+  report.update(seed=config.seed, validation_fraction=d.validation_fraction,
+                train_pairs=len(train), validation_pairs=len(val), max_length=d.max_length)
+  return train, val, report
+
+
+def make_eval_fn(cfg, lcfg, dpo_cfg: dpo.DPOConfig):
+  """Jitted (params, batch) -> sums over the batch's real pairs (batch["weight"] = 1)."""
+  @jax.jit
+  def eval_fn(params, batch):
+    policy, reference = dpo.policy_and_reference(params, lcfg)
+    pc, pr = dpo.pair_logprobs(cfg, policy, batch)
+    rc, rr = dpo.pair_logprobs(cfg, reference, batch)
+    terms = dpo.pair_terms(pc, pr, rc, rr, dpo_cfg)
+    w = batch["weight"]
+    return {k: jnp.sum(v * w) for k, v in terms.items()} | {"count": jnp.sum(w)}
+
+  return eval_fn
+
+
+def validation_metrics(eval_fn, params, pairs: list, batch_size: int, buckets, pad_id: int,
+                       mesh) -> dict[str, float]:
+  """Means over every validation pair, in fixed-size batches (the last filled by repeats)."""
+  totals: dict[str, float] = {}
+  rows = batching.host_rows(batch_size, jax.process_index(), jax.process_count())
+  for start in range(0, len(pairs), batch_size):
+    chunk = pairs[start:start + batch_size]
+    padded = chunk + [chunk[0]] * (batch_size - len(chunk))
+    batch = batching.pad_pair_batch(padded, buckets, pad_id, rows=rows)
+    batch["weight"] = (np.arange(batch_size) < len(chunk)).astype(np.float32)[rows]
+    sums = jax.device_get(eval_fn(params, distributed.global_batch(batch, mesh)))
+    for k, v in sums.items():
+      totals[k] = totals.get(k, 0.0) + float(v)
+  count = max(totals.pop("count", 0.0), 1.0)
+  return {f"val_{k}": v / count for k, v in totals.items()}
+
+
+def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  dpo_cfg = dpo_config(config)
+  if config.eval.batch_size < 1:
+    raise ValueError(f"eval.batch_size={config.eval.batch_size} must be >= 1")
+  workdir, mesh = common.start(config)
+  init_rng, state_rng = jax.random.split(jax.random.key(config.seed))
+  trainable = common.load_trainable(config, mesh, init_rng)
+  cfg, lcfg, tokenizer = trainable.model_config, trainable.lora, trainable.tokenizer
+  if lcfg is not None:
+    for key in ("params", "shardings"):  # adapters on the top layers only: cheaper backward
+      tree = getattr(trainable, key)
+      tree["lora"] = reward_model.select_lora_layers(tree["lora"], cfg.num_layers,
+                                                     config.lora.last_layers)
+  else:  # full fine-tuning: a frozen copy of the starting weights is the reference
+    trainable.params["reference"] = jax.tree.map(jnp.copy, trainable.params["base"])
+    trainable.shardings["reference"] = sharding.logical_to_shardings(
+        model_lib.param_logical_axes(cfg), jax.eval_shape(lambda: trainable.params["base"]),
+        mesh)
+    trainable.frozen = (*trainable.frozen, "^reference/")
+
+  train_pairs, val_pairs, data_report = build_pairs(config, tokenizer, cfg.vocab_size)
+  log.info("dpo data: %s", json.dumps(data_report))
+  if distributed.is_primary():
+    (workdir / "data.json").write_text(json.dumps(data_report, indent=2, default=str))
+  pad_id = max(tokenizer.pad_id, 0) if tokenizer is not None else 0
+  pipe = pipeline.PipelineConfig(
+      max_length=config.data.max_length, batch_size=config.train.batch_size, seed=config.seed,
+      shard_index=jax.process_index(), shard_count=jax.process_count()).validated()
+  batches = pipeline.batch_tokenized(train_pairs, pipe, pad_id)
+  rows = batching.host_rows(config.train.batch_size, jax.process_index(), jax.process_count())
+  example = batching.pad_pair_batch(train_pairs[:config.train.batch_size], pipe.buckets,
+                                    pad_id, rows=rows)
+
+  opt_cfg = common.optimizer_config(config.train, trainable.frozen)
+  tx = optimizer.make_optimizer(opt_cfg)
+  state = common.new_state(trainable, tx, state_rng, mesh)
+  compute_dtype = None if cfg.dtype == "float32" else cfg.dtype
+  train_step = step_lib.jit_train_step(
+      step_lib.make_train_step(dpo.make_loss_fn(cfg, lcfg, dpo_cfg), tx, compute_dtype),
+      train_state_lib.state_shardings_of(state), sharding.batch_shardings(mesh, example),
+      sharding.replicated(mesh))
+  eval_fn = make_eval_fn(cfg, lcfg, dpo_cfg)
+  history: list[dict[str, Any]] = []
+
+  def evaluate(step: int, state) -> dict[str, Any]:
+    record = {"step": step, **validation_metrics(eval_fn, state.params, val_pairs,
+                                                 config.eval.batch_size, pipe.buckets,
+                                                 pad_id, mesh)}
+    history.append(record)
+    if distributed.is_primary():
+      log.info("validation at step %d: %s", step, json.dumps(record))
+    return record
+
+  with common.checkpointer(config, workdir) as ckpt, batches:
+    if config.eval.at_start and (ckpt.latest_step() or 0) == 0:
+      evaluate(0, state)
+    result = loop.train(
+        loop.LoopConfig(num_steps=config.train.steps, log_every=config.train.log_every,
+                        output_dir=str(workdir), progress_bar=config.train.progress_bar),
+        state, train_step, batches, ckpt, mesh=mesh,
+        learning_rate_fn=lambda s: optimizer.learning_rate_at(opt_cfg, s),
+        hooks=[loop.Hook(config.eval.every, evaluate)])
+  final_state = result.state
+  if not history or history[-1]["step"] != int(final_state.step):
+    evaluate(int(final_state.step), final_state)
+
+  outputs: dict[str, Any] = {}
+  if distributed.is_primary():
+    if lcfg is not None:
+      lora_lib.save_adapters(workdir / "adapters.npz",
+                             jax.device_get(final_state.params["lora"]), lcfg)
+      outputs["adapters"] = str(workdir / "adapters.npz")
+    summary = {"train": result.summary, "validation": history, "outputs": outputs,
+               "data": data_report, "dpo": dataclasses.asdict(dpo_cfg)}
+    (workdir / "result.json").write_text(json.dumps(summary, indent=2, default=str))
+  return {"state": final_state, "history": history, "outputs": outputs, "data": data_report}

@@ -1,0 +1,120 @@
+"""Job `rejection_sampling`: N rounds of best-of-K sampling, reward scoring and SFT.
+
+Round r samples K answers per prompt from the current policy (KV-cache sampler, temperature
+sampling), scores them (`rs.reward`: a saved reward-model directory or a named reward), keeps
+the best answer per prompt and fine-tunes on those for `train.steps` steps with the SFT job's
+loss and data pipeline; round r + 1 samples from the result. Writes to `workdir`:
+round_<r>/{samples.jsonl, checkpoints/, round.json}, adapters.npz (LoRA), result.json (last).
+A rerun skips the rounds whose final checkpoint exists.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from alignment import lora as lora_lib
+from alignment.jobs import common
+from alignment.prompts import get_template
+from alignment.rl import generation
+from alignment.rl import rejection_sampling as rs
+from alignment.rl.finetune import ExampleTrainer
+from alignment.sampling import Sampler, SamplingParams
+from alignment.training import distributed
+
+log = logging.getLogger(__name__)
+
+
+def sampling_params(section: ml_collections.ConfigDict) -> SamplingParams:
+  return SamplingParams(temperature=section.temperature, top_k=section.top_k,
+                        top_p=section.top_p)
+
+
+def make_sample_fn(cfg, params, tokenizer, section: ml_collections.ConfigDict
+                   ) -> generation.SampleFn:
+  """The policy's sampler over formatted inputs (a seam tests use to watch the params)."""
+  return generation.sampler_fn(Sampler(cfg, params, tokenizer), section.max_new_tokens,
+                               sampling_params(section))
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  for name, value in (("rs.rounds", config.rs.rounds), ("rs.num_samples", config.rs.num_samples),
+                      ("train.steps", config.train.steps),
+                      ("sampling.batch_size", config.sampling.batch_size),
+                      ("sampling.max_new_tokens", config.sampling.max_new_tokens)):
+    if value < 1:
+      raise ValueError(f"{name}={value} must be >= 1")
+  sampling_params(config.sampling)  # validates temperature / top-k / top-p
+
+
+def _write_jsonl(path, rows) -> None:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with open(path, "w", encoding="utf-8") as f:
+    for row in rows:
+      f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def run(config: ml_collections.ConfigDict, reward_fn: rs.RewardFn | None = None
+        ) -> dict[str, Any]:
+  """Runs every round; `reward_fn` overrides `config.rs.reward` (e.g. a Python function)."""
+  check_config(config)
+  workdir, mesh = common.start(config)
+  init_rng, state_rng, sample_rng = jax.random.split(jax.random.key(config.seed), 3)
+  trainable = common.load_trainable(config, mesh, init_rng)
+  cfg, lcfg, tokenizer = trainable.model_config, trainable.lora, trainable.tokenizer
+  if tokenizer is None:
+    raise ValueError("rejection_sampling needs a tokenizer: the checkpoint has none; set "
+                     "model.tokenizer")
+  template = get_template(config.data.template)
+  prompts = generation.load_prompts(config.data.prompt_source, common.data_dir(config),
+                                    config.data.num_prompts, config.seed)
+  inputs = [template.format(p) for p in prompts]  # what the policy reads (= training prompts)
+  reward = reward_fn or rs.get_reward(config.rs.reward, config.rs.reward_batch_size)
+  rounds, steps = config.rs.rounds, config.train.steps
+  trainer = ExampleTrainer(config, trainable, mesh, template, state_rng, rounds * steps)
+
+  history: list[dict[str, Any]] = []
+  for r in range(rounds):
+    round_dir = workdir / f"round_{r}"
+    target = (r + 1) * steps
+    if (round_dir / "round.json").is_file() and trainer.finished(round_dir, target):
+      history.append(json.loads((round_dir / "round.json").read_text()))
+      log.info("round %d already finished; restored step %d", r, target)
+      continue
+    sample_fn = make_sample_fn(cfg, trainer.policy_params(), tokenizer, config.sampling)
+    candidates = rs.sample_candidates(sample_fn, inputs, config.rs.num_samples,
+                                      config.sampling.batch_size,
+                                      jax.random.fold_in(sample_rng, r))
+    rewards = rs.score_candidates(reward, prompts, candidates)
+    best = rs.select_best(prompts, candidates, rewards)
+    min_reward = config.rs.min_reward if config.rs.use_min_reward else None
+    examples = rs.training_examples(best, min_reward)
+    if distributed.is_primary():
+      _write_jsonl(round_dir / "samples.jsonl", (
+          {"prompt": b.prompt, "candidates": c, "rewards": list(b.rewards), "best": b.index}
+          for b, c in zip(best, candidates)))
+    train_summary = trainer.train(examples, target, round_dir)
+    record = {"round": r, "prompts": len(prompts), "samples_per_prompt": config.rs.num_samples,
+              "mean_reward": float(np.mean(rewards)),
+              "mean_best_reward": float(np.mean([b.reward for b in best])),
+              "examples": len(examples), "final_step": int(trainer.state.step),
+              "final_loss": train_summary.get("final_loss")}
+    history.append(record)
+    log.info("round %d: %s", r, json.dumps(record))
+    if distributed.is_primary():
+      (round_dir / "round.json").write_text(json.dumps(record, indent=2))
+
+  outputs: dict[str, Any] = {}
+  if distributed.is_primary():
+    if lcfg is not None:
+      lora_lib.save_adapters(workdir / "adapters.npz",
+                             jax.device_get(trainer.state.params["lora"]), lcfg)
+      outputs["adapters"] = str(workdir / "adapters.npz")
+    (workdir / "result.json").write_text(json.dumps(
+        {"rounds": history, "outputs": outputs}, indent=2, default=str))
+  return {"state": trainer.state, "rounds": history, "outputs": outputs}

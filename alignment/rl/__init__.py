@@ -1,0 +1,1 @@
+"""Learning from preferences and rewards: PPO, DPO, rejection sampling, context distillation."""
