@@ -3,6 +3,7 @@ saving/loading and the harmfulness scorer."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import jax
@@ -343,6 +344,11 @@ def test_harmfulness_scorer_from_saved_rm(tmp_path, sp):
   negative = reward_scorer.harmfulness_scorer(directory, kind="negative_reward")(records[:1])
   assert negative[0] == pytest.approx(
       -np.log(1 / scored[0].scores[scorers.HARMFULNESS] - 1), abs=1e-4)
+  # A blank answer gets no score; the others keep theirs.
+  blank = dataclasses.replace(records[0], id="blank", answer="  ")
+  mixed = reward_scorer.harmfulness_scorer(directory)([blank, records[0]])
+  assert mixed[0] is None
+  assert mixed[1] == pytest.approx(scored[0].scores[scorers.HARMFULNESS], abs=1e-5)
   with pytest.raises(ValueError, match="kind"):
     reward_scorer.harmfulness_scorer(directory, kind="nope")
   meta = json.loads((directory / saved.META).read_text())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from typing import Any
 
 import jax
@@ -55,7 +56,11 @@ class Checkpointer:
     if config.save_every < 1:
       raise ValueError(f"checkpoint.save_every={config.save_every} must be >= 1")
     self.config = config
-    self.directory = epath.Path(config.directory)
+    # orbax needs an absolute path; a relative local one is taken from the working directory.
+    directory = config.directory
+    if "://" not in directory:
+      directory = os.path.abspath(directory)
+    self.directory = epath.Path(directory)
     self._run_config = run_config or {}
     # Which steps to save is decided here (every `save_every`-th step, and forced ones), so
     # orbax's own interval policy is not used.

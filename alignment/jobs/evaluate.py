@@ -1,0 +1,264 @@
+"""Job `evaluate`: answer the safety evaluation sets, score the answers, write the report.
+
+Model: `config.model` (+ `config.adapters`), or the model and adapters of the SFT run in
+`config.run_dir`. Every set in `config.sets` is answered through the KV-cache sampler (greedy
+by default, Alpaca template by default), then scored: refusal always, harmfulness and
+helpfulness when `config.scoring` names saved reward models. Writes to `workdir`:
+config.json, answers.jsonl (one AnswerRecord per prompt, scores included), report.md /
+report.json (per-set table with XSTest rates) and result.json (written last, so a sweep can
+tell a finished evaluation).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import pathlib
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from alignment import lora as lora_lib
+from alignment.checkpoints.loading import load_model
+from alignment.data import sources
+from alignment.data.records import EvalPrompt
+from alignment.evaluation import generation, report, scorers
+from alignment.evaluation.records import AnswerRecord, write_answers
+from alignment.prompts.templates import PromptTemplate, get_template
+from alignment.sampling import Sampler, SamplingParams
+
+log = logging.getLogger(__name__)
+
+ANSWERS_FILE = "answers.jsonl"
+RESULT_FILE = "result.json"
+
+
+def parse_sets(sets: str) -> list[str]:
+  """Set names from a comma-separated string; an unknown or repeated name is an error."""
+  names = [s.strip() for s in sets.split(",") if s.strip()]
+  if not names:
+    raise ValueError("config.sets: no evaluation set named")
+  for name in names:
+    if name not in sources.EVAL_SOURCES:
+      raise ValueError(f"config.sets: unknown evaluation set {name!r}; known: "
+                       f"{', '.join(sources.EVAL_SOURCES)}")
+  if len(set(names)) != len(names):
+    raise ValueError(f"config.sets: a set is named twice in {sets!r}")
+  return names
+
+
+def load_prompts(names: Sequence[str], data_dir: str | None,
+                 max_per_set: int = 0) -> list[EvalPrompt]:
+  """The prompts of each named set, in set order; the first `max_per_set` of each if > 0."""
+  out = []
+  for name in names:
+    prompts = sources.load(name, data_dir)
+    out += prompts[:max_per_set] if max_per_set > 0 else prompts
+  return out
+
+
+def template_name(config: ml_collections.ConfigDict, source: ModelSource) -> str:
+  """`config.template`, or if empty: the SFT run's data.template, else 'alpaca' (the paper's)."""
+  if config.template:
+    return config.template
+  run_template = ((source.run_config or {}).get("data") or {}).get("template")
+  return run_template or "alpaca"
+
+
+def _template(name: str) -> PromptTemplate | None:
+  if name == "none":
+    return None
+  try:
+    return get_template(name)
+  except KeyError as e:
+    raise ValueError(f"config.template: {e.args[0]} (or 'none')") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSource:
+  """What to load: a model section and an optional adapters file (resolved from run_dir)."""
+
+  model: dict[str, Any]
+  adapters: str
+  run_config: dict[str, Any] | None  # the SFT run's config.json, when run_dir is set
+
+
+def resolve_model(config: ml_collections.ConfigDict) -> ModelSource:
+  """The model section and adapters path a config names, reading `run_dir` if set.
+
+  With `run_dir`, the model section is the run's own (its config.json) and the adapters are
+  its adapters.npz, unless `config.adapters` names another file. A full fine-tuning run (no
+  adapters) is evaluated from its merged_hf export.
+  """
+  model = dict(config.model)
+  adapters = config.adapters
+  if not config.run_dir:
+    return ModelSource(model, adapters, None)
+  run_dir = pathlib.Path(config.run_dir)
+  config_path = run_dir / "config.json"
+  if not config_path.is_file():
+    raise FileNotFoundError(f"config.run_dir: {config_path} not found (not a training run "
+                            "directory)")
+  try:
+    run_config = json.loads(config_path.read_text())
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{config_path}: not valid JSON ({e})") from None
+  if not isinstance(run_config.get("model"), dict):
+    raise ValueError(f"{config_path}: no 'model' section")
+  model = dict(run_config["model"])
+  if not adapters:
+    if (run_dir / "adapters.npz").is_file():
+      adapters = str(run_dir / "adapters.npz")
+    elif (run_dir / "merged_hf" / "config.json").is_file():
+      model["checkpoint"] = str(run_dir / "merged_hf")
+    else:
+      raise FileNotFoundError(f"config.run_dir: {run_dir} has neither adapters.npz (LoRA run) "
+                              "nor merged_hf/ (full fine-tuning with export_merged=True); has "
+                              "the run finished?")
+  return ModelSource(model, adapters, run_config)
+
+
+def load_params(source: ModelSource):
+  """(ModelConfig, decoder params with adapters merged, tokenizer)."""
+  cfg, params, tokenizer = load_model(ml_collections.ConfigDict(source.model))
+  if tokenizer is None:
+    raise ValueError(f"model checkpoint {source.model.get('checkpoint')!r} comes without a "
+                     "tokenizer; set model.tokenizer to a SentencePiece .model file")
+  if source.adapters:
+    try:
+      adapters, lcfg = lora_lib.load_adapters(source.adapters, cfg)
+    except FileNotFoundError as e:
+      raise FileNotFoundError(f"config.adapters: {e}") from None
+    params = jax.jit(lambda p, a: lora_lib.merge(p, a, lcfg))(params, adapters)
+  return cfg, params, tokenizer
+
+
+def _helpfulness_scorer(directory: str, batch_size: int) -> scorers.Scorer:
+  """helpfulness = sigmoid(r) of a helpfulness reward model (in [0, 1], higher is better)."""
+  from alignment.reward.saved import load_reward_model  # pylint: disable=import-outside-toplevel
+  from alignment.reward.scorer import RewardScorer  # pylint: disable=import-outside-toplevel
+  rm = load_reward_model(directory)
+  if rm.meta.get("source") not in (None, "hh_helpful"):
+    raise ValueError(f"config.scoring.helpfulness_rm: {directory} was trained on "
+                     f"{rm.meta.get('source')!r}; a helpfulness RM needs data.source="
+                     "'hh_helpful'")
+  scorer = RewardScorer(rm, batch_size)
+
+  def score(records: Sequence[AnswerRecord]) -> list[float | None]:
+    if not records:
+      return []
+    r = scorer.rewards(records).astype(np.float64)
+    return [float(v) for v in 0.5 * (1.0 + np.tanh(0.5 * r))]
+
+  return score
+
+
+def skip_blank_answers(scorer: scorers.Scorer) -> scorers.Scorer:
+  """A reward-model scorer that gives blank answers None (does not apply).
+
+  A reward model rates a reply, and an empty one has none to rate (the RM's tokenization
+  rejects it); its refusal score still counts it, as a full refusal.
+  """
+
+  def score(records: Sequence[AnswerRecord]) -> list[float | None]:
+    keep = [i for i, r in enumerate(records) if r.answer.strip()]
+    values = scorer([records[i] for i in keep]) if keep else []
+    out: list[float | None] = [None] * len(records)
+    for i, v in zip(keep, values):
+      out[i] = v
+    return out
+
+  return score
+
+
+def build_scorers(scoring: ml_collections.ConfigDict) -> dict[str, scorers.Scorer]:
+  """{name: scorer}: refusal, plus the reward-model scorers the config names."""
+  named = {scorers.REFUSAL: scorers.get_scorer(scorers.REFUSAL)}
+  if scoring.harmfulness_rm:
+    from alignment.reward.scorer import harmfulness_scorer  # pylint: disable=import-outside-toplevel
+    named[scorers.HARMFULNESS] = skip_blank_answers(harmfulness_scorer(
+        scoring.harmfulness_rm, scoring.harmfulness_kind, scoring.batch_size))
+  if scoring.helpfulness_rm:
+    named[scorers.HELPFULNESS] = skip_blank_answers(
+        _helpfulness_scorer(scoring.helpfulness_rm, scoring.batch_size))
+  return named
+
+
+def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  # Everything cheap is checked before the slow model load.
+  names = parse_sets(config.sets)
+  if config.template:
+    _template(config.template)  # a misspelt name fails before anything else
+  try:
+    sampling = SamplingParams(temperature=config.temperature, top_k=config.top_k,
+                              top_p=config.top_p)
+  except ValueError as e:
+    raise ValueError(f"config: {e}") from None
+  if config.max_new_tokens < 1 or config.batch_size < 1:
+    raise ValueError(f"config: max_new_tokens ({config.max_new_tokens}) and batch_size "
+                     f"({config.batch_size}) must be >= 1")
+  if config.scoring.harmfulness_kind not in ("probability", "negative_reward"):
+    raise ValueError(f"config.scoring.harmfulness_kind: unknown kind "
+                     f"{config.scoring.harmfulness_kind!r}; expected 'probability' or "
+                     "'negative_reward'")
+  for field in ("harmfulness_rm", "helpfulness_rm"):
+    rm_dir = config.scoring[field]
+    if rm_dir and not (pathlib.Path(rm_dir) / "reward_model.json").is_file():
+      raise FileNotFoundError(f"config.scoring.{field}: {rm_dir} is not a saved reward model "
+                              "(no reward_model.json; the reward job writes <workdir>/"
+                              "reward_model)")
+  data_dir = config.get("data_dir") or None
+  prompts = load_prompts(names, data_dir, config.max_prompts_per_set)
+  source = resolve_model(config)
+  template = _template(template_name(config, source))
+  if source.adapters and not pathlib.Path(source.adapters).is_file():
+    raise FileNotFoundError(f"config.adapters: no LoRA adapter file at {source.adapters}")
+
+  workdir = pathlib.Path(config.workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+
+  start = time.perf_counter()
+  cfg, params, tokenizer = load_params(source)
+  load_seconds = time.perf_counter() - start
+  log.info("loaded %s%s in %.1f s", source.model.get("checkpoint"),
+           f" + {source.adapters}" if source.adapters else "", load_seconds)
+  sampler = Sampler(cfg, params, tokenizer, template=template)
+  records, stats = generation.generate_answers(
+      sampler, prompts, max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
+      sampling=sampling, rng=jax.random.key(config.seed),
+      on_batch=lambda done, total: log.info("answered batch %d/%d", done, total))
+  log.info("%d answers, %d tokens in %.1f s (%.1f tokens/s, compilation included)",
+           stats.prompts, stats.generated_tokens, stats.seconds, stats.tokens_per_second)
+  answers_path = write_answers(workdir / ANSWERS_FILE, records)  # kept even if scoring fails
+
+  start = time.perf_counter()
+  named = build_scorers(config.scoring)
+  records = scorers.score_answers(records, named)
+  score_seconds = time.perf_counter() - start
+  write_answers(answers_path, records)
+  summary = report.summarize_run(records)
+  title = f"Evaluation of {config.run_dir or source.model.get('checkpoint')}"
+  if source.adapters:
+    title += f" + {source.adapters}"
+  paths = report.write_run_report(workdir, summary, title=title)
+  result = {
+      "answers": str(answers_path), "report": {k: str(v) for k, v in paths.items()},
+      "sets": {name: summary.sets[name].n for name in names if name in summary.sets},
+      "scorers": list(named), "run_dir": config.run_dir, "adapters": source.adapters,
+      "template": template_name(config, source), "max_new_tokens": config.max_new_tokens,
+      "generation": {**dataclasses.asdict(stats), "tokens_per_second": stats.tokens_per_second},
+      "load_seconds": load_seconds, "score_seconds": score_seconds,
+      "unsafe_refusal_rate": summary.unsafe_refusal_rate,
+      "false_refusal_rate": summary.false_refusal_rate,
+  }
+  (workdir / RESULT_FILE).write_text(json.dumps(result, indent=2, default=str))
+  log.info("unsafe refusal %s, XSTest false refusal %s; report in %s",
+           summary.unsafe_refusal_rate, summary.false_refusal_rate, paths["markdown"])
+  return {"records": records, "summary": summary, "stats": stats, "paths": paths,
+          "workdir": workdir}

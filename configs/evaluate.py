@@ -1,0 +1,67 @@
+"""Safety evaluation: answer every evaluation set, score the answers, write the run report.
+
+  python -m alignment.main --config=configs/evaluate.py                       # base 270M
+  python -m alignment.main --config=configs/evaluate.py \\
+      --config.run_dir=runs/safety_sweep/num_safety=300_safety_format=instruction_seed=0 \\
+      --config.workdir=runs/safety_sweep/num_safety=300_safety_format=instruction_seed=0/eval
+  python -m alignment.main --config=configs/evaluate.py:quick                 # CPU smoke run
+
+The model is `model` (+ `adapters`, a LoRA .npz), or the model and adapters of the SFT run in
+`run_dir`. Scores: refusal always; harmfulness / helpfulness when `scoring.harmfulness_rm` /
+`scoring.helpfulness_rm` name saved reward models (<reward workdir>/reward_model).
+
+Presets:
+  default  every set in full (the paper's seven sets + XSTest v2), 256 new tokens, greedy.
+  quick    3 prompts per set, 24 new tokens: a few-minute smoke run of the 270M on a CPU.
+  tiny     random tiny model (tests set model.tokenizer), 2 prompts per set, 4 new tokens.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from alignment.data.sources import PAPER_EVAL_SOURCES
+from alignment.jobs import sections
+
+DEFAULT_SETS = ",".join((*PAPER_EVAL_SOURCES, "xstest"))
+
+
+def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.job = "evaluate"
+  c.workdir = "runs/evaluate"
+  c.data_dir = ""  # '' -> $ALIGNMENT_DATA_DIR
+  c.seed = 0
+  c.model = sections.model()  # checkpoint='embedded', preset='gemma3_270m', dtype='float32'
+  c.adapters = ""  # a LoRA adapters .npz applied on top of `model` ('' = none)
+  c.run_dir = ""  # an SFT run directory: its config.json's model + its adapters.npz
+  c.sets = DEFAULT_SETS  # comma-separated evaluation source names
+  c.max_prompts_per_set = 0  # 0 = all; otherwise the first N of each set
+  c.template = ""  # "" = the SFT run's template (run_dir), else alpaca (the paper's); or "none"
+  c.max_new_tokens = 256
+  c.batch_size = 32
+  c.temperature = 0.0  # 0: greedy
+  c.top_k = 0
+  c.top_p = 1.0
+  c.scoring = ml_collections.ConfigDict(dict(
+      harmfulness_rm="",  # saved safety reward model dir ('' = no harmfulness score)
+      harmfulness_kind="probability",  # 'probability' (1 - sigmoid r) | 'negative_reward'
+      helpfulness_rm="",  # saved helpfulness reward model dir ('' = no helpfulness score)
+      batch_size=8))
+
+  if preset is None:
+    pass
+  elif preset == "quick":
+    c.workdir = "runs/evaluate_quick"
+    c.max_prompts_per_set = 3
+    c.max_new_tokens = 24
+    c.batch_size = 8
+  elif preset == "tiny":
+    c.workdir = "runs/evaluate_tiny"
+    c.model = sections.model(checkpoint="random", preset="tiny_gemma3")
+    c.max_prompts_per_set = 2
+    c.max_new_tokens = 4
+    c.batch_size = 4
+  else:
+    raise ValueError(f"unknown evaluate preset {preset!r}; known: quick, tiny (or none)")
+  return c
