@@ -36,5 +36,7 @@ setup(
         # TPU VMs, and ahead-of-time compilation for TPU topologies from a CPU machine.
         # Not for CPU-only environments: with libtpu present every `import jax` probes a TPU.
         "tpu": ["jax[tpu]"],
+        # The PyTorch side of experiments/benchmarks/vs_pytorch.py (never used by the library).
+        "bench": ["transformers>=4.50", "accelerate>=0.30", "peft>=0.13"],
     },
 )

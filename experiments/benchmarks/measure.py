@@ -1,0 +1,197 @@
+"""Measurements shared by the benchmark entries (`run`, `vs_pytorch`, `cost_growth`).
+
+Training steps are built from the SFT job's own pieces (loss, LoRA merge, optax optimizer,
+sharded state, donating jit) and timed on random token ids; sampling times the sampler's
+compiled program. Each function returns plain dicts, one per table row.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import statistics
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from alignment import lora as lora_lib
+from alignment import sharding
+from alignment.jobs import common, sections
+from alignment.jobs.sft import make_loss_fn
+from alignment.sampling import sampler as sampler_lib
+from alignment.training import metrics, optimizer
+from alignment.training import step as step_lib
+from alignment.training import train_state as train_state_lib
+from experiments.benchmarks import accounting
+
+WHAT = ("train_lora", "train_full", "prefill", "decode", "ppo")
+TRAIN_COLUMNS = ("mode", "batch", "seq", "compile_s", "step_s", "tokens_per_s", "model_flops",
+                 "xla_flops", "flops_per_s", "mfu", "peak_bytes")
+SAMPLE_COLUMNS = ("mode", "batch", "prompt", "new", "seconds", "tokens_per_s", "ms_per_step",
+                  "bytes_per_step", "bytes_per_s", "bandwidth_fraction")
+
+
+def random_batch(vocab_size: int, batch_size: int, seq_len: int, seed: int = 0) -> dict:
+  """A padded SFT batch with every position real: seq_len + 1 tokens give seq_len inputs."""
+  rng = np.random.default_rng(seed)
+  tokens = rng.integers(3, vocab_size, (batch_size, seq_len + 1)).astype(np.int32)
+  ones = np.ones_like(tokens)
+  return {"tokens": tokens, "input_mask": ones.astype(bool), "loss_mask": ones}
+
+
+def model_section(model: str, checkpoint: str, dtype: str) -> ml_collections.ConfigDict:
+  return sections.model(checkpoint=checkpoint, preset=model, dtype=dtype)
+
+
+def build_train(cfg, base: Any, lcfg: lora_lib.LoraConfig | None, batch: dict,
+                mesh: jax.sharding.Mesh, loss_fn=None) -> tuple[Any, Any, float]:
+  """(compiled step, initial state, compile seconds) for a training step of `cfg`.
+
+  Mirrors `alignment.jobs.common.load_trainable` + `sft.run` without the data pipeline;
+  `loss_fn(params, batch, rng)` defaults to the SFT job's loss.
+  """
+  rng = jax.random.key(0)
+  params: dict[str, Any] = {"base": base, "lora": {}}
+  shardings: dict[str, Any] = {"base": sharding.param_shardings(cfg, mesh), "lora": {}}
+  if lcfg is not None:
+    params["lora"] = lora_lib.init_adapters(cfg, lcfg, rng)
+    shardings["lora"] = sharding.logical_to_shardings(
+        lora_lib.adapter_logical_axes(cfg, lcfg), jax.eval_shape(lambda: params["lora"]), mesh)
+  frozen = ("^base/",) if lcfg is not None else ()
+  trainable = common.Trainable(cfg, params, lcfg, None, frozen, shardings)
+  tx = optimizer.make_optimizer(optimizer.OptimizerConfig(learning_rate=1e-5,
+                                                          schedule="constant", frozen=frozen))
+  state = common.new_state(trainable, tx, rng, mesh)
+  compute_dtype = None if cfg.dtype == "float32" else cfg.dtype
+  step = step_lib.jit_train_step(
+      step_lib.make_train_step(loss_fn or make_loss_fn(cfg, lcfg), tx, compute_dtype),
+      train_state_lib.state_shardings_of(state), sharding.batch_shardings(mesh, batch),
+      sharding.replicated(mesh))
+  start = time.perf_counter()
+  compiled = step.lower(state, batch).compile()
+  return compiled, state, time.perf_counter() - start
+
+
+def time_steps(compiled: Any, state: Any, batch: Any, steps: int) -> tuple[list[float], float]:
+  """Wall seconds of `steps` calls after one warm call, and the warm call's loss."""
+  state, out = compiled(state, batch)  # warm: first-call allocation and transfers
+  loss = float(out["loss"])
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    state, out = compiled(state, batch)
+    jax.block_until_ready(out)
+    times.append(time.perf_counter() - start)
+  return times, loss
+
+
+def default_mesh() -> jax.sharding.Mesh:
+  return sharding.make_mesh(sharding.MeshConfig(data=-1, fsdp=1, tensor=1))
+
+
+def bench_train(cfg, base: Any, lcfg: lora_lib.LoraConfig | None, batch_size: int,
+                seq_len: int, steps: int, mesh: jax.sharding.Mesh | None = None
+                ) -> dict[str, Any]:
+  """Times `steps` SFT steps after one warm step; returns the figures of one table row."""
+  mesh = mesh or default_mesh()
+  batch = jax.device_put(random_batch(cfg.vocab_size, batch_size, seq_len),
+                         sharding.batch_shardings(mesh, random_batch(8, batch_size, 1)))
+  compiled, state, compile_s = build_train(cfg, base, lcfg, batch, mesh)
+  times, loss = time_steps(compiled, state, batch, steps)
+  step_s = statistics.median(times)
+  devices = mesh.size
+  model_flops = accounting.train_flops_per_step(cfg, batch_size, seq_len, lcfg)
+  peak = accounting.peak_flops_per_device()
+  return {
+      "mode": "train_lora" if lcfg else "train_full", "batch": batch_size, "seq": seq_len,
+      "dtype": cfg.dtype, "devices": devices, "compile_s": compile_s, "step_s": step_s,
+      "step_s_all": times, "tokens_per_s": batch_size * seq_len / step_s,
+      "model_flops": model_flops, "xla_flops": metrics.compiled_flops(compiled, devices),
+      "flops_per_s": model_flops / step_s,
+      "mfu": metrics.mfu(model_flops, step_s, devices, peak),
+      "first_loss": loss, **(accounting.memory_summary(compiled) or {}),
+  }
+
+
+def _timed(fn) -> float:
+  start = time.perf_counter()
+  jax.block_until_ready(fn())
+  return time.perf_counter() - start
+
+
+def bench_sampler(cfg, params: Any, batch_size: int, prompt_len: int, new_tokens: int,
+                  repeats: int, return_tokens: bool = False) -> list[dict[str, Any]]:
+  """Prefill and decode rows for greedy sampling with no stop ids (every row runs fully).
+
+  Calls the sampler's traceable core `generate_padded` under one jit with the token budget
+  traced, so the 1-token (prefill) and the 1 + new_tokens calls run the same program with the
+  same cache; `generate` itself would bucket the two budgets into different capacities.
+  With `return_tokens` the decode row also holds the generated ids ("tokens", [B, 1 + new]).
+  """
+  tokens = np.random.default_rng(0).integers(3, cfg.vocab_size, (batch_size, prompt_len))
+  tokens = jnp.asarray(tokens, jnp.int32)
+  mask = jnp.ones(tokens.shape, bool)
+  active = jnp.ones((batch_size,), bool)
+  capacity = sampler_lib.bucket_size(1 + new_tokens, 16)
+  program = jax.jit(functools.partial(
+      sampler_lib.generate_padded, cfg, capacity=capacity, greedy=True, top_k=0,
+      use_top_p=False, pad_id=0, return_logprobs=False))
+
+  def run(max_new: int):
+    return program(params, tokens, mask, active, jax.random.key(0), jnp.int32(max_new),
+                   jnp.float32(1.0), jnp.float32(1.0), jnp.full((8,), -1, jnp.int32))[0]
+
+  first = _timed(lambda: run(1 + new_tokens))  # compiles; both budgets share the program
+  full = min(_timed(lambda: run(1 + new_tokens)) for _ in range(repeats))
+  prefill = min(_timed(lambda: run(1)) for _ in range(repeats))
+  decode = full - prefill
+  if decode <= 0:  # decode time below the timing noise (tiny models, few steps): no figure
+    decode = None
+  step_s = decode / new_tokens if decode else None
+  generated = np.asarray(run(1 + new_tokens))[:, :1 + new_tokens] if return_tokens else None
+  kv_len = prompt_len + capacity  # every decode step reads the whole allocated cache
+  param_dtype = jax.tree.leaves(params)[0].dtype
+  step_bytes = accounting.decode_bytes_per_step(cfg, batch_size, kv_len, param_dtype, cfg.dtype)
+  bandwidth = accounting.hbm_bandwidth_per_device()
+  prefill_flops = accounting.forward_flops(cfg, batch_size, prompt_len)
+  peak = accounting.peak_flops_per_device()
+  return [
+      {"mode": "prefill", "batch": batch_size, "prompt": prompt_len, "new": 1,
+       "compile_s": first - full, "seconds": prefill,
+       "tokens_per_s": batch_size * prompt_len / prefill,
+       "flops_per_s": prefill_flops / prefill,
+       "mfu": metrics.mfu(prefill_flops, prefill, 1, peak)},
+      {"mode": "decode", "batch": batch_size, "prompt": prompt_len, "new": new_tokens,
+       "seconds": decode, "tokens_per_s": batch_size * new_tokens / decode if decode else None,
+       "ms_per_step": 1e3 * step_s if step_s else None, "kv_len": kv_len,
+       "bytes_per_step": step_bytes, "bytes_per_s": step_bytes / step_s if step_s else None,
+       "bandwidth_fraction": accounting.bandwidth_fraction(step_bytes, step_s or 0.0,
+                                                           bandwidth),
+       "bytes_per_step_window_aware": accounting.decode_bytes_per_step(
+           cfg, batch_size, kv_len, param_dtype, cfg.dtype, window_aware=True),
+       **({"tokens": generated} if return_tokens else {})},
+  ]
+
+
+def bench_ppo() -> dict[str, Any]:
+  """Where one PPO iteration's time split comes from (not measured by this entry)."""
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  if importlib.util.find_spec("experiments.benchmarks.ppo_iteration") is not None:
+    return {"mode": "ppo", "status": "not available here: run `python -m experiments."
+                                     "benchmarks.ppo_iteration` for the generate / score / "
+                                     "train split of one PPO iteration"}
+  return {"mode": "ppo", "status": "not available (no PPO iteration benchmark exists)"}
+
+
+def environment() -> dict[str, Any]:
+  device = jax.devices()[0]
+  return {"backend": jax.default_backend(), "device_kind": device.device_kind,
+          "devices": jax.device_count(), "host": platform.processor() or platform.machine(),
+          "cpus": os.cpu_count(), "load_average": os.getloadavg(), "jax": jax.__version__,
+          "peak_flops_per_device": accounting.peak_flops_per_device(),
+          "hbm_bandwidth_per_device": accounting.hbm_bandwidth_per_device()}

@@ -1,0 +1,139 @@
+"""The benchmarks' accounting: FLOPs, bytes, device tables, the printed table, one timed step."""
+
+from __future__ import annotations
+
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from alignment import lora as lora_lib
+from alignment.model.config import get_config
+from alignment.model.masks import causal_mask
+from alignment.model.transformer import forward, init_cache, init_params
+from alignment.training import losses
+from experiments.benchmarks import accounting, measure
+
+
+def _size(tree) -> int:
+  return sum(x.size for x in jax.tree.leaves(tree))
+
+
+@pytest.fixture(scope="module")
+def tiny1():
+  cfg = get_config("tiny_gemma1")
+  return cfg, init_params(cfg, jax.random.key(0))
+
+
+def test_full_training_flops_are_6n_per_token_plus_attention(tiny1):
+  cfg, params = tiny1
+  batch, seq = 3, 40
+  attention = sum(12 * cfg.num_heads * cfg.head_dim * seq for _ in range(cfg.num_layers))
+  expected = (6 * _size(params) + attention) * batch * seq
+  assert accounting.train_flops_per_step(cfg, batch, seq) == pytest.approx(expected, rel=1e-12)
+
+
+def test_lora_flops_drop_base_weight_gradients_and_add_adapters():
+  cfg = get_config("tiny_gemma3")
+  lcfg = lora_lib.LoraConfig(rank=4, targets=("q", "v", "down"))
+  adapters = lora_lib.init_adapters(cfg, lcfg, jax.random.key(1))
+  assert accounting.num_lora_params(cfg, lcfg) == _size(adapters)
+  batch, seq = 2, 32
+  full = accounting.train_flops_per_step(cfg, batch, seq)
+  lora = accounting.train_flops_per_step(cfg, batch, seq, lcfg)
+  n, n_lora = _size(init_params(cfg, jax.random.key(0))), _size(adapters)
+  assert full - lora == pytest.approx((2 * n - 6 * n_lora) * batch * seq, rel=1e-12)
+
+
+def test_forward_flops_match_xla_cost_analysis(tiny1):
+  """All-global tiny model: the count is matmuls + attention, which XLA's analysis also sees
+  (plus a few percent of elementwise work)."""
+  cfg, params = tiny1
+  batch, seq = 2, 64
+  tokens = jnp.zeros((batch, seq), jnp.int32)
+  positions = jnp.broadcast_to(jnp.arange(seq), (batch, seq))
+  mask = causal_mask(jnp.ones((batch, seq), bool))
+  compiled = jax.jit(lambda p, t: forward(cfg, p, t, positions, mask)[0]).lower(
+      params, tokens).compile()
+  xla = compiled.cost_analysis()
+  xla = xla[0] if isinstance(xla, (list, tuple)) else xla
+  analytic = accounting.forward_flops(cfg, batch, seq)
+  assert analytic <= xla["flops"] <= 1.06 * analytic
+
+
+def test_decode_bytes_are_params_plus_the_cache_arrays():
+  cfg = get_config("tiny_gemma3")  # local layers with a window of 8
+  params = init_params(cfg, jax.random.key(0))
+  batch, kv_len = 3, 20
+  cache = init_cache(cfg, batch, kv_len, dtype="bfloat16")
+  cache_bytes = sum(cache[f"layer_{i}"][k].nbytes for i in range(cfg.num_layers)
+                    for k in ("k", "v"))
+  param_bytes = sum(x.nbytes for x in jax.tree.leaves(params))  # float32
+  assert accounting.decode_bytes_per_step(cfg, batch, kv_len, np.float32,
+                                          jnp.bfloat16) == param_bytes + cache_bytes
+  # A window-aware cache keeps only 8 slots on local layers.
+  windowed = sum(cache[f"layer_{i}"][k][:, :(kv_len if kind == "global" else 8)].nbytes
+                 for i, kind in enumerate(cfg.attention_types) for k in ("k", "v"))
+  assert accounting.kv_cache_bytes(cfg, batch, kv_len, jnp.bfloat16,
+                                   window_aware=True) == windowed
+
+
+def test_bandwidth_fraction_arithmetic():
+  # 1 GB read in 1 ms is 1 TB/s: half of a 2 TB/s device.
+  assert accounting.bandwidth_fraction(1e9, 1e-3, 2e12) == pytest.approx(0.5)
+  assert accounting.bandwidth_fraction(1e9, 1e-3, None) is None
+  assert accounting.bandwidth_fraction(1e9, 0.0, 2e12) is None
+
+
+@pytest.mark.parametrize("kind,platform,bandwidth", [
+    ("NVIDIA H100 80GB HBM3", "gpu", 3350e9),
+    ("NVIDIA H100 PCIe", "gpu", 2000e9),
+    ("NVIDIA H200", "gpu", 4800e9),
+    ("NVIDIA A100-SXM4-80GB", "gpu", 2039e9),
+    ("NVIDIA A100-SXM4-40GB", "gpu", 1555e9),
+    ("TPU v4", "tpu", 1200e9),
+    ("TPU v5 lite", "tpu", 819e9),
+    ("TPU v5", "tpu", 2765e9),
+    ("TPU v6 lite", "tpu", 1640e9),
+    ("Some new chip", "gpu", None),
+    ("cpu", "cpu", None),
+])
+def test_bandwidth_table_lookup(kind, platform, bandwidth):
+  device = types.SimpleNamespace(device_kind=kind, platform=platform)
+  assert accounting.hbm_bandwidth_per_device(device) == bandwidth
+
+
+def test_every_bandwidth_entry_has_a_peak_flops_entry():
+  """The two tables describe the same devices, so MFU and the bandwidth bound come together."""
+  for kind in accounting.HBM_BANDWIDTH_PER_DEVICE:
+    device = types.SimpleNamespace(device_kind=kind, platform="tpu" if "TPU" in kind else "gpu")
+    assert accounting.peak_flops_per_device(device) is not None, kind
+
+
+def test_format_table_aligns_columns_and_marks_missing_values():
+  rows = [{"mode": "decode", "tokens_per_s": 1234567.0, "mfu": None},
+          {"mode": "train_full", "tokens_per_s": 0.5}]
+  text = accounting.format_table(rows, ("mode", "tokens_per_s", "mfu"))
+  lines = text.splitlines()
+  assert len(lines) == 4 and len({len(line) for line in lines}) == 1
+  assert lines[2].split() == ["decode", "1.23M", "n/a"]
+  assert lines[3].split() == ["train_full", "0.5", "n/a"]
+  assert accounting.format_value(3) == "3" and accounting.format_value(2.5e12) == "2.5T"
+
+
+def test_bench_train_reports_consistent_figures(tiny1):
+  cfg, params = tiny1
+  row = measure.bench_train(cfg, params, None, batch_size=2, seq_len=16, steps=1)
+  assert row["tokens_per_s"] == pytest.approx(2 * 16 / row["step_s"])
+  assert row["model_flops"] == accounting.train_flops_per_step(cfg, 2, 16)
+  assert row["flops_per_s"] == pytest.approx(row["model_flops"] / row["step_s"])
+  assert row["mfu"] is None  # no peak for CPU
+  # The timed step runs the SFT loss on the benchmark's batch.
+  batch = jax.tree.map(jnp.asarray, measure.random_batch(cfg.vocab_size, 2, 16))
+  expected, _ = losses.language_model_loss(cfg)(params, batch, jax.random.key(0))
+  assert row["first_loss"] == pytest.approx(float(expected), rel=1e-5)
+  # The state (params + two Adam moments) is an argument; the program needs at least that.
+  assert row["argument_bytes"] >= 3 * sum(x.nbytes for x in jax.tree.leaves(params))
+  assert row["peak_bytes"] >= row["argument_bytes"]
