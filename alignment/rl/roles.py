@@ -1,0 +1,255 @@
+"""The four parties of RLHF with PPO, each a small named object.
+
+  Policy     the actor: the decoder that generates and is trained.
+  Reference  the frozen starting policy; KL to it keeps the actor near what it was.
+  ValueModel the critic: a decoder with a scalar head, estimating the return of a prefix.
+  rewards    functions from finished rollouts to one score per response (reward models,
+             Llama 2's safety/helpfulness combination, or toy rewards for tests).
+
+Memory-lean by default: with LoRA all three decoders share one frozen base. The policy is the
+base plus its adapters, the reference is that same base with adapters off (no copy), and the
+critic is the base plus its own adapters and a head. Without LoRA the policy trains the whole
+decoder, the critic gets its own full copy, and the reference is a separate frozen copy.
+
+Trainable parameters: {"base", "lora", "value": {"lora" | "backbone", "head": {"w", "b"}}}.
+Rollout batches hold `tokens`, `input_mask`, `positions` [B, P + R] (prompt left-padded into
+the first P columns, response from column P, right-padded) and `response_mask` [B, R].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from alignment import lora as lora_lib
+from alignment import model
+from alignment.model import layers
+from alignment.model.config import ModelConfig
+
+Array = jax.Array
+Params = Any
+
+
+def _response_hidden(cfg: ModelConfig, decoder_params: Params, batch: dict[str, Array]) -> Array:
+  """Final hidden states at the positions that predict the response tokens: [B, R, D]."""
+  response_len = batch["response_mask"].shape[1]
+  prompt_len = batch["tokens"].shape[1] - response_len
+  mask = model.causal_mask(batch["input_mask"].astype(bool))
+  hidden, _ = model.forward(cfg, decoder_params, batch["tokens"], batch["positions"], mask,
+                            return_hidden=True)
+  return hidden[:, prompt_len - 1:prompt_len - 1 + response_len]
+
+
+def response_logits(cfg: ModelConfig, decoder_params: Params, batch: dict[str, Array]) -> Array:
+  """float32 logits [B, R, V] over each response token; the prompt's logits are never built
+  (with a 262k vocabulary they would dominate memory)."""
+  hidden = _response_hidden(cfg, decoder_params, batch)
+  embedder = layers.Embedder(cfg.vocab_size, cfg.embed_dim, cfg.dtype, cfg.param_dtype)
+  logits = embedder.apply({"params": decoder_params["embedder"]}, hidden, method="decode")
+  return layers.soft_cap(logits.astype(jnp.float32), cfg.final_logit_soft_cap)
+
+
+def response_tokens(batch: dict[str, Array]) -> Array:
+  return batch["tokens"][:, batch["tokens"].shape[1] - batch["response_mask"].shape[1]:]
+
+
+def token_logprobs(logits: Array, targets: Array) -> Array:
+  """log p(target) [B, R] under the raw (untempered) distribution."""
+  logp = jax.nn.log_softmax(logits, axis=-1)
+  return jnp.take_along_axis(logp, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+
+
+def token_entropy(logits: Array) -> Array:
+  """Entropy of each next-token distribution [B, R], in nats."""
+  logp = jax.nn.log_softmax(logits, axis=-1)
+  return -jnp.sum(jnp.exp(logp) * logp, axis=-1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+  """The actor: decoder = base (+ its LoRA adapters)."""
+
+  config: ModelConfig
+  lora: lora_lib.LoraConfig | None
+
+  def decoder(self, params: Params, dropout_rng: Array | None = None) -> Params:
+    if self.lora is None:
+      return params["base"]
+    return lora_lib.merge(jax.lax.stop_gradient(params["base"]), params["lora"], self.lora,
+                          dropout_rng)
+
+  def logits(self, params: Params, batch: dict[str, Array],
+             dropout_rng: Array | None = None) -> Array:
+    return response_logits(self.config, self.decoder(params, dropout_rng), batch)
+
+
+@dataclasses.dataclass(frozen=True)
+class Reference:
+  """The frozen initial policy. With LoRA its parameters are the policy's own base (adapters
+  off, nothing copied); without LoRA they are a copy taken before training."""
+
+  config: ModelConfig
+  shares_base: bool
+
+  def decoder(self, params: Params, reference_params: Params | None) -> Params:
+    if self.shares_base:
+      return jax.lax.stop_gradient(params["base"])
+    if reference_params is None:
+      raise ValueError("a reference without LoRA needs its own frozen parameters")
+    return jax.lax.stop_gradient(reference_params)
+
+  def logprobs(self, params: Params, reference_params: Params | None,
+               batch: dict[str, Array]) -> Array:
+    logits = response_logits(self.config, self.decoder(params, reference_params), batch)
+    return token_logprobs(logits, response_tokens(batch))
+
+
+@dataclasses.dataclass(frozen=True)
+class ValueModel:
+  """The critic: V(prefix) read at the positions that predict each response token."""
+
+  config: ModelConfig
+  lora: lora_lib.LoraConfig | None
+
+  def init(self, base: Params, rng: Array) -> Params:
+    """Its parameters (under "value"): adapters (or a full copy of the base) and a zero head."""
+    head = model.init_scalar_head_params(self.config, rng)
+    value = {"head": {"w": head["w"], "b": head["b"]}}
+    if self.lora is None:
+      value["backbone"] = jax.tree.map(jnp.copy, base)
+    else:
+      value["lora"] = lora_lib.init_adapters(self.config, self.lora, jax.random.fold_in(rng, 1))
+    return value
+
+  def logical_axes(self) -> Params:
+    head = {"w": jax.sharding.PartitionSpec("embed"), "b": jax.sharding.PartitionSpec()}
+    if self.lora is None:
+      return {"head": head, "backbone": model.param_logical_axes(self.config)}
+    return {"head": head, "lora": lora_lib.adapter_logical_axes(self.config, self.lora)}
+
+  def head_params(self, params: Params, dropout_rng: Array | None = None) -> Params:
+    value = params["value"]
+    if self.lora is None:
+      backbone = value["backbone"]
+    else:
+      backbone = lora_lib.merge(jax.lax.stop_gradient(params["base"]), value["lora"],
+                                self.lora, dropout_rng)
+    return {"backbone": backbone, "w": value["head"]["w"], "b": value["head"]["b"]}
+
+  def values(self, params: Params, batch: dict[str, Array],
+             dropout_rng: Array | None = None) -> Array:
+    """[B, R] float32 value estimates."""
+    p = self.head_params(params, dropout_rng)
+    hidden = _response_hidden(self.config, p["backbone"], batch)
+    return (jnp.einsum("brd,d->br", hidden.astype(jnp.float32), p["w"].astype(jnp.float32))
+            + p["b"].astype(jnp.float32))
+
+
+# ----------------------------------------------------------------------------------------------
+# Rewards: host-side functions of finished rollouts.
+
+
+@dataclasses.dataclass(frozen=True)
+class Rollouts:
+  """What a reward sees: the prompts, the decoded responses and their token ids."""
+
+  prompts: Sequence[str]
+  sources: Sequence[str]
+  responses: Sequence[str]
+  tokens: np.ndarray  # [B, R] response ids (stop token included, padding after `lengths`)
+  lengths: np.ndarray  # [B]
+
+
+class RewardFunction(Protocol):
+  name: str
+
+  def __call__(self, rollouts: Rollouts) -> np.ndarray: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenFractionReward:
+  """The fraction of a response's tokens equal to `token_id`: a toy reward whose optimum is
+  known, for tests and demos."""
+
+  token_id: int
+  name: str = "token_fraction"
+
+  def __call__(self, rollouts: Rollouts) -> np.ndarray:
+    tokens, lengths = np.asarray(rollouts.tokens), np.asarray(rollouts.lengths)
+    real = np.arange(tokens.shape[1])[None] < lengths[:, None]
+    hits = np.sum((tokens == self.token_id) & real, axis=1)
+    return (hits / np.maximum(lengths, 1)).astype(np.float32)
+
+
+class RewardModelReward:
+  """The raw score r(prompt, response) of a saved reward model (`alignment/reward/`)."""
+
+  name = "reward_model"
+
+  def __init__(self, directory: str, batch_size: int = 8):
+    from alignment.reward.saved import load_reward_model  # pylint: disable=import-outside-toplevel
+    from alignment.reward.scorer import RewardScorer  # pylint: disable=import-outside-toplevel
+    self.directory = directory
+    self.scorer = RewardScorer(load_reward_model(directory), batch_size)
+
+  def __call__(self, rollouts: Rollouts) -> np.ndarray:
+    from alignment.evaluation.records import AnswerRecord  # pylint: disable=import-outside-toplevel
+    records = [AnswerRecord(set=s or "rl", id=str(i), prompt=p, answer=r)
+               for i, (p, s, r) in enumerate(zip(rollouts.prompts, rollouts.sources,
+                                                 rollouts.responses))]
+    return self.scorer.rewards(records).astype(np.float32)
+
+
+class CombinedReward:
+  """Llama 2's rule: the safety RM's score on unsafe-flagged prompts or when its sigmoid is
+  below the threshold, else the helpfulness RM's (logit scale; whitening is PPO's job)."""
+
+  name = "combined"
+
+  def __init__(self, safety_dir: str, helpfulness_dir: str, threshold: float = 0.15,
+               unsafe_sources: Sequence[str] = ("hh_harmless",), batch_size: int = 8):
+    self.safety = RewardModelReward(safety_dir, batch_size)
+    self.helpfulness = RewardModelReward(helpfulness_dir, batch_size)
+    self.threshold = threshold
+    self.unsafe_sources = tuple(unsafe_sources)
+
+  def __call__(self, rollouts: Rollouts) -> np.ndarray:
+    from alignment.reward import combine  # pylint: disable=import-outside-toplevel
+    unsafe = np.array([s in self.unsafe_sources for s in rollouts.sources])
+    return np.asarray(combine.combined_logit(
+        jnp.asarray(self.safety(rollouts)), jnp.asarray(self.helpfulness(rollouts)),
+        jnp.asarray(unsafe), self.threshold))
+
+
+REWARD_KINDS = ("token_fraction", "reward_model", "combined")
+
+
+def make_reward(section, tokenizer) -> RewardFunction:
+  """The reward named by a config section (see configs/ppo.py `reward`)."""
+  kind = section.kind
+  if kind == "token_fraction":
+    token = str(section.token)
+    if token.lstrip("-").isdigit():
+      token_id = int(token)
+    elif tokenizer is None:
+      raise ValueError(f"reward.token={token!r} is a piece; it needs a tokenizer")
+    else:
+      token_id = tokenizer.token_id(token)
+    return TokenFractionReward(token_id)
+  if kind == "reward_model":
+    if not section.model_dir:
+      raise ValueError("reward.kind='reward_model' needs reward.model_dir (a saved RM directory)")
+    return RewardModelReward(section.model_dir, section.batch_size)
+  if kind == "combined":
+    if not (section.safety_dir and section.helpfulness_dir):
+      raise ValueError("reward.kind='combined' needs reward.safety_dir and "
+                       "reward.helpfulness_dir (saved RM directories)")
+    unsafe = tuple(s.strip() for s in section.unsafe_sources.split(",") if s.strip())
+    return CombinedReward(section.safety_dir, section.helpfulness_dir, section.safety_threshold,
+                          unsafe, section.batch_size)
+  raise ValueError(f"unknown reward.kind {kind!r}; known: {', '.join(REWARD_KINDS)}")
