@@ -24,7 +24,7 @@ import numpy as np
 from alignment import lora as lora_lib
 from alignment import model as model_lib
 from alignment import sharding
-from alignment.data import batching, pipeline, sources
+from alignment.data import batching, pipeline
 from alignment.jobs import common
 from alignment.reward import data as reward_data
 from alignment.reward import model as reward_model
@@ -43,41 +43,8 @@ def dpo_config(config: ml_collections.ConfigDict) -> dpo.DPOConfig:
 
 def build_pairs(config: ml_collections.ConfigDict, tokenizer, vocab_size: int
                 ) -> tuple[list, list, dict[str, Any]]:
-  """(train pairs, validation pairs) tokenized, and a report of the split and truncation."""
-  d = config.data
-  names = [n.strip() for n in d.source.split(",") if n.strip()]
-  if not names:
-    raise ValueError("data.source is empty; name preference sources, e.g. 'hh_harmless'")
-  if names == ["synthetic"]:
-    pairs = reward_data.synthetic_pairs(d.synthetic_pairs, vocab_size, d.max_length,
-                                        config.seed)
-    order = np.random.default_rng(config.seed).permutation(len(pairs))
-    n_val = max(1, int(round(d.validation_fraction * len(pairs))))
-    val = [pairs[i] for i in order[:n_val]]
-    train = [pairs[i] for i in order[n_val:]]
-    report: dict[str, Any] = {"source": "synthetic", "pairs": len(pairs)}
-  else:
-    unknown = [n for n in names if n not in sources.PREFERENCE_SOURCES]
-    if unknown:
-      raise ValueError(f"data.source: {unknown} are not preference sources; known: "
-                       f"{', '.join(sources.PREFERENCE_SOURCES)} (or 'synthetic')")
-    if tokenizer is None:
-      raise ValueError(f"data.source={d.source!r} needs a tokenizer: the checkpoint has none; "
-                       "set model.tokenizer")
-    records = [r for n in names for r in sources.load(n, common.data_dir(config))]
-    split = reward_data.split_pairs(records, d.validation_fraction, config.seed)
-    train_records = split.train[:d.max_pairs or None]
-    val_records = split.validation[:d.max_validation_pairs or None]
-    train, train_stats = reward_data.tokenize_pairs_keep_end(train_records, tokenizer,
-                                                             d.max_length)
-    val, val_stats = reward_data.tokenize_pairs_keep_end(val_records, tokenizer, d.max_length)
-    report = {"source": d.source, "pairs": len(records), "groups": split.groups,
-              "split_train": len(split.train), "split_validation": len(split.validation),
-              "tokenize_train": dataclasses.asdict(train_stats),
-              "tokenize_validation": dataclasses.asdict(val_stats)}
-  report.update(seed=config.seed, validation_fraction=d.validation_fraction,
-                train_pairs=len(train), validation_pairs=len(val), max_length=d.max_length)
-  return train, val, report
+  """(train pairs, validation pairs) tokenized, and a report: see reward.data.build_pairs."""
+  return reward_data.build_pairs(config, tokenizer, vocab_size)
 
 
 def make_eval_fn(cfg, lcfg, dpo_cfg: dpo.DPOConfig):

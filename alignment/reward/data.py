@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
+from alignment.data import sources
 from alignment.data import tokenize as tok
 from alignment.data.records import PreferencePair
 from alignment.tokenizer import Tokenizer
@@ -147,3 +149,45 @@ def synthetic_pairs(num_pairs: int, vocab_size: int, max_length: int, seed: int,
     out.append({"prompt": prompt.astype(np.int32), "chosen": chosen.astype(np.int32),
                 "rejected": rejected.astype(np.int32), "margin": np.float32(0.0)})
   return out
+
+
+def build_pairs(config: Any, tokenizer: Tokenizer | None, vocab_size: int
+                ) -> tuple[list, list, dict[str, Any]]:
+  """(train pairs, validation pairs) tokenized, and a report of the split and truncation.
+
+  Shared by the reward-model and DPO jobs. `config.data.source` names preference sources
+  (comma-separated) or 'synthetic'; the split keeps conversations together (`split_pairs`).
+  """
+  d = config.data
+  names = [n.strip() for n in d.source.split(",") if n.strip()]
+  if not names:
+    raise ValueError("data.source is empty; name preference sources, e.g. 'hh_harmless'")
+  if names == ["synthetic"]:
+    pairs = synthetic_pairs(d.synthetic_pairs, vocab_size, d.max_length, config.seed)
+    order = np.random.default_rng(config.seed).permutation(len(pairs))
+    n_val = max(1, int(round(d.validation_fraction * len(pairs))))
+    val = [pairs[i] for i in order[:n_val]]
+    train = [pairs[i] for i in order[n_val:]]
+    report: dict[str, Any] = {"source": "synthetic", "pairs": len(pairs)}
+  else:
+    unknown = [n for n in names if n not in sources.PREFERENCE_SOURCES]
+    if unknown:
+      raise ValueError(f"data.source: {unknown} are not preference sources; known: "
+                       f"{', '.join(sources.PREFERENCE_SOURCES)} (or 'synthetic')")
+    if tokenizer is None:
+      raise ValueError(f"data.source={d.source!r} needs a tokenizer: the checkpoint has none; "
+                       "set model.tokenizer")
+    records = [r for n in names for r in sources.load(n, config.get("data_dir") or None)]
+    split = split_pairs(records, d.validation_fraction, config.seed)
+    train_records = split.train[:d.max_pairs or None]
+    val_records = split.validation[:d.max_validation_pairs or None]
+    train, train_stats = tokenize_pairs_keep_end(train_records, tokenizer,
+                                                             d.max_length)
+    val, val_stats = tokenize_pairs_keep_end(val_records, tokenizer, d.max_length)
+    report = {"source": d.source, "pairs": len(records), "groups": split.groups,
+              "split_train": len(split.train), "split_validation": len(split.validation),
+              "tokenize_train": dataclasses.asdict(train_stats),
+              "tokenize_validation": dataclasses.asdict(val_stats)}
+  report.update(seed=config.seed, validation_fraction=d.validation_fraction,
+                train_pairs=len(train), validation_pairs=len(val), max_length=d.max_length)
+  return train, val, report
