@@ -21,6 +21,8 @@ setup(
         "numpy>=1.26",
         "safetensors>=0.4",
         "tqdm>=4.60",
+        # Plots in evaluation and reward-model reports (PNG, Agg backend).
+        "matplotlib>=3.7",
         # TensorBoard event files without TensorFlow.
         "tensorboardX>=2.6",
         # Datasets as array_record builders read through tfds.data_source and grain;
