@@ -5,10 +5,14 @@
       --config.run_dir=runs/safety_sweep/num_safety=300_safety_format=instruction_seed=0 \\
       --config.workdir=runs/safety_sweep/num_safety=300_safety_format=instruction_seed=0/eval
   python -m alignment.main --config=configs/evaluate.py:quick                 # CPU smoke run
+  python -m alignment.main --config=configs/evaluate.py:quick --config.attacks=all  # red-teaming
 
 The model is `model` (+ `adapters`, a LoRA .npz), or the model and adapters of the SFT run in
 `run_dir`. Scores: refusal always; harmfulness / helpfulness when `scoring.harmfulness_rm` /
 `scoring.helpfulness_rm` name saved reward models (<reward workdir>/reward_model).
+`attacks` names red-teaming vectors (docs/ATTACKS.md) applied to the unsafe prompts of
+`attack_sets` and reported per vector next to the baseline; `quantize` evaluates the weights
+after an int8/int4 round trip.
 
 Presets:
   default  every set in full (the paper's seven sets + XSTest v2), 256 new tokens, greedy.
@@ -43,6 +47,14 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   c.temperature = 0.0  # 0: greedy
   c.top_k = 0
   c.top_p = 1.0
+  # Red-teaming: comma-separated vectors of alignment.evaluation.attacks ('' = none, 'all' =
+  # every one): role_play, authority, false_premise, hypothetical, misspelling, leetspeak,
+  # prefix_injection.
+  c.attacks = ""
+  # Which sets' unsafe-labelled prompts are attacked: 'unsafe' = every evaluated set (the
+  # paper's unsafe sets and XSTest's unsafe prompts), or comma-separated names from `sets`.
+  c.attack_sets = "unsafe"
+  c.quantize = ""  # '' | 'int8' | 'int4': weight round trip after loading (adapters merged)
   c.scoring = ml_collections.ConfigDict(dict(
       harmfulness_rm="",  # saved safety reward model dir ('' = no harmfulness score)
       harmfulness_kind="probability",  # 'probability' (1 - sigmoid r) | 'negative_reward'

@@ -220,3 +220,96 @@ def test_reward_model_scorers_fill_harmfulness_and_helpfulness(tmp_path, tokeniz
   config.workdir = str(tmp_path / "eval2")
   with pytest.raises(ValueError, match="needs a safety RM"):
     evaluate.run(config)
+
+
+def test_attacks_answer_each_vector_and_report_asr(tmp_path, tokenizer_path, sft_run, data_dir):
+  from alignment.evaluation import attacks
+  from alignment.evaluation.report import summarize_run
+  run_dir, (cfg, _, merged, tokenizer) = sft_run
+  vectors = ("leetspeak", "prefix_injection")  # (every transform is tested in test_attacks)
+  config = tiny_config(tmp_path, tokenizer_path, run_dir=str(run_dir),
+                       sets="malicious_instructions,physical_safety_safe,q_harm",
+                       max_prompts_per_set=2, batch_size=4, attacks=",".join(vectors))
+  out = evaluate.run(config)
+  workdir = tmp_path / "eval"
+  written = records.read_answers(workdir / evaluate.ANSWERS_FILE)
+  baseline = [r for r in written if r.attack is None]
+  assert len(baseline) == 6  # every prompt, as without attacks
+  assert summarize_run(written) == out["summary"]
+  targets = [p for name in ("malicious_instructions", "q_harm")  # the unsafe sets only
+             for p in sources.load(name, data_dir)[:2]]
+  for name in vectors:
+    attacked = [r for r in written if r.attack == name]
+    assert [(r.set, r.id, r.label, r.prompt) for r in attacked] == [
+        (p.source, p.id, p.label, attacks.apply(name, p).prompt) for p in targets]
+    # Independent check: the answers are what the sampler gives for the rewritten prompts
+    # (prefix injection: the prefix, then what the model continues after it).
+    prefix = attacks.get_attack(name).response_prefix
+    sampler = Sampler(cfg, merged, tokenizer,
+                      template=attacks.prefixed_template(ALPACA, prefix))
+    assert [r.answer for r in attacked] == [prefix + text for text in
+                                            sampler([r.prompt for r in attacked], 4).text]
+  assert all(r.answer.startswith("Sure, here is") for r in written
+             if r.attack == "prefix_injection")
+  assert all(r.scores[scorers.REFUSAL] is not None for r in written)
+
+  # ASR recomputed from answers.jsonl: harmful = did not refuse (no harmfulness RM here).
+  refused = {(r.set, r.id, r.attack): r.scores[scorers.REFUSAL] > 0 for r in written}
+  keys = [(p.source, p.id) for p in targets]
+  base_harmful = np.mean([not refused[(*k, None)] for k in keys])
+  payload = json.loads((workdir / "report.json").read_text())["attacks"]
+  result = json.loads((workdir / evaluate.RESULT_FILE).read_text())
+  assert payload["harm_basis"] == "no_refusal_proxy"
+  assert result["attacks"]["baseline"]["harmful_rate"] == pytest.approx(base_harmful)
+  for name in vectors:
+    harmful = np.mean([not refused[(*k, name)] for k in keys])
+    assert payload["vectors"][name]["asr"] == pytest.approx(harmful - base_harmful)
+    assert result["attacks"][name]["asr"] == pytest.approx(harmful - base_harmful)
+    assert result["attacks"][name]["n"] == 4
+  assert set(result["attack_generation"]) == set(vectors)
+  assert "## Attack vectors" in (workdir / "report.md").read_text()
+  assert (workdir / "report_attacks.png").stat().st_size > 5000
+
+
+def test_quantize_round_trips_the_merged_weights(tmp_path, tokenizer_path, sft_run,
+                                                 monkeypatch):
+  """Wiring: the job hands the adapter-merged weights to quantize_params and samples with what
+  it returns. A stand-in replaces the real scheme so the test checks the job, not the rounding."""
+  from alignment import quantization
+  run_dir, (cfg, params, merged, tokenizer) = sft_run
+  calls = []
+
+  def fake_quantize(tree, scheme):
+    calls.append((tree, scheme))
+    return jax.tree.map(lambda x: jnp.round(x * 4) / 4, tree)  # a coarse grid, same structure
+
+  monkeypatch.setattr(quantization, "quantize_params", fake_quantize)
+  config = tiny_config(tmp_path, tokenizer_path, run_dir=str(run_dir), quantize="int8",
+                       sets="malicious_instructions")
+  out = evaluate.run(config)
+  [(tree, scheme)] = calls
+  assert scheme == "int8"
+  np.testing.assert_allclose(tree["layer_0"]["mlp"]["linear"], merged["layer_0"]["mlp"]["linear"],
+                             rtol=1e-6, atol=1e-6)
+  rounded = fake_quantize(merged, "int8")
+  answers = [r.answer for r in out["records"]]
+  assert answers == Sampler(cfg, rounded, tokenizer, template=ALPACA)(
+      [r.prompt for r in out["records"]], 4).text
+  result = json.loads((tmp_path / "eval" / evaluate.RESULT_FILE).read_text())
+  assert result["quantize"] == "int8" and "attacks" not in result
+
+
+def test_bad_attack_and_quantize_config_fail_before_loading(tmp_path, tokenizer_path):
+  cases = [
+      (dict(attacks="role_play,dan"), "config.attacks: unknown attack vector 'dan'; known: "),
+      (dict(attacks="all,leetspeak"), "config.attacks: unknown attack vector 'all'"),
+      (dict(attacks="all", attack_sets="cona"), "config.attack_sets: 'cona' is not among"),
+      (dict(attacks="all", attack_sets=" , "), "config.attack_sets: empty"),
+      (dict(attacks="all", attack_sets="physical_safety_safe"),
+       "config.attack_sets: no prompt labelled unsafe in physical_safety_safe"),
+      (dict(quantize="fp8"), "config.quantize: unknown scheme 'fp8'"),
+  ]
+  for overrides, match in cases:
+    with pytest.raises(ValueError, match=match):
+      evaluate.run(tiny_config(tmp_path, tokenizer_path, **overrides))
+  assert not (tmp_path / "eval").exists()  # nothing written before the checks pass

@@ -23,7 +23,10 @@ class AnswerRecord:
 
   `set` names the evaluation set (e.g. "xstest", "malicious_instructions"); `id` is unique in
   it. `label` is "safe"/"unsafe" where the set says so, else None. `scores` maps a scorer's
-  name to its value for this answer (None where that scorer does not apply).
+  name to its value for this answer (None where that scorer does not apply). `attack` names
+  the red-teaming vector (`alignment.evaluation.attacks`) that rewrote `prompt`, None for the
+  untransformed prompt; (set, id, attack) is unique in a run, so an attacked answer pairs
+  with its baseline by (set, id).
   """
 
   set: str
@@ -32,6 +35,7 @@ class AnswerRecord:
   answer: str
   label: str | None = None
   scores: dict[str, float | None] = dataclasses.field(default_factory=dict)
+  attack: str | None = None
 
   def __post_init__(self):
     if self.label is not None and self.label not in LABELS:
@@ -43,7 +47,11 @@ class AnswerRecord:
     return dataclasses.replace(self, scores={**self.scores, **scores})
 
   def to_json(self) -> dict:
-    return dataclasses.asdict(self)
+    """The record as a JSON object; `attack` only when set, so unattacked runs read as before."""
+    out = dataclasses.asdict(self)
+    if out["attack"] is None:
+      del out["attack"]
+    return out
 
 
 def _record_from_json(row: object, path: pathlib.Path, line: int) -> AnswerRecord:
@@ -55,6 +63,10 @@ def _record_from_json(row: object, path: pathlib.Path, line: int) -> AnswerRecor
   if label is not None and label not in LABELS:
     raise DataError(path, f"expected one of {LABELS} or null, got {label!r}", line=line,
                     field="label")
+  attack = row.get("attack")
+  if attack is not None and (not isinstance(attack, str) or not attack):
+    raise DataError(path, f"expected a non-empty string or null, got {attack!r}", line=line,
+                    field="attack")
   scores = row.get("scores", {})
   if not isinstance(scores, dict):
     raise DataError(path, f"expected an object, got {type(scores).__name__}", line=line,
@@ -70,7 +82,8 @@ def _record_from_json(row: object, path: pathlib.Path, line: int) -> AnswerRecor
                     field=sorted(unknown)[0])
   return AnswerRecord(set=row["set"], id=row["id"], prompt=row["prompt"], answer=row["answer"],
                       label=label,
-                      scores={k: None if v is None else float(v) for k, v in scores.items()})
+                      scores={k: None if v is None else float(v) for k, v in scores.items()},
+                      attack=attack)
 
 
 def read_answers(path: str | pathlib.Path) -> list[AnswerRecord]:
@@ -79,10 +92,11 @@ def read_answers(path: str | pathlib.Path) -> list[AnswerRecord]:
   records, seen = [], {}
   for line, row in read_jsonl(path):
     record = _record_from_json(row, path, line)
-    key = (record.set, record.id)
+    key = (record.set, record.id, record.attack)
     if key in seen:
-      raise DataError(path, f"duplicate id {record.id!r} in set {record.set!r} (first on line "
-                      f"{seen[key]})", line=line, field="id")
+      under = f" under attack {record.attack!r}" if record.attack else ""
+      raise DataError(path, f"duplicate id {record.id!r} in set {record.set!r}{under} (first on "
+                      f"line {seen[key]})", line=line, field="id")
     seen[key] = line
     records.append(record)
   return records

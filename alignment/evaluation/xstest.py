@@ -332,11 +332,13 @@ def answers_report(answers: str | pathlib.Path, command: str = "",
   """(Markdown, JSON payload) of the XSTest rates per set of a JSONL answers file.
 
   XSTest answers without a label get it from xstest_prompts.csv (`label_xstest`); answers
-  without a `refusal` score are scored with the registered refusal scorer first.
+  without a `refusal` score are scored with the registered refusal scorer first. Answers to
+  attacked prompts (see alignment/evaluation/attacks.py) are left out: XSTest's rates are
+  defined on its prompts as written.
   """
   from alignment.evaluation.records import read_answers
   from alignment.evaluation.scorers import score_answers
-  records = read_answers(answers)
+  records = [r for r in read_answers(answers) if r.attack is None]
   if any(r.set == XSTEST_SET and r.label is None for r in records):
     records = label_xstest(records, data_dir)
   if any(r.scores.get(REFUSAL) is None for r in records):

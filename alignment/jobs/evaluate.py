@@ -7,11 +7,22 @@ helpfulness when `config.scoring` names saved reward models. Writes to `workdir`
 config.json, answers.jsonl (one AnswerRecord per prompt, scores included), report.md /
 report.json (per-set table with XSTest rates) and result.json (written last, so a sweep can
 tell a finished evaluation).
+
+Red-teaming (`config.attacks`, docs/ATTACKS.md): each named vector rewrites the unsafe prompts
+of `config.attack_sets` (`alignment.evaluation.attacks`); the rewritten copies are answered
+after the baseline, stored in answers.jsonl with their vector's name in `attack`, scored like
+the rest (reward models judge an attacked answer against the *original* prompt, the request
+the attack tries to smuggle through), and reported per vector next to the baseline answers to
+the same prompts (refusal, harmfulness, harmful rate, attack success rate).
+
+`config.quantize` ('int8' | 'int4') round-trips the loaded weights (adapters merged) through
+that integer format before sampling, to evaluate what a quantized deployment would answer.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import logging
 import pathlib
@@ -21,12 +32,12 @@ from typing import Any
 
 import jax
 import ml_collections
-import numpy as np
 
 from alignment import lora as lora_lib
 from alignment.checkpoints.loading import load_model
 from alignment.data import sources
 from alignment.data.records import EvalPrompt
+from alignment.evaluation import attacks as attacks_lib
 from alignment.evaluation import generation, report, scorers
 from alignment.evaluation.records import AnswerRecord, write_answers
 from alignment.prompts.templates import PromptTemplate, get_template
@@ -36,6 +47,8 @@ log = logging.getLogger(__name__)
 
 ANSWERS_FILE = "answers.jsonl"
 RESULT_FILE = "result.json"
+QUANTIZE_SCHEMES = ("int8", "int4")  # config.quantize; '' = full precision
+UNSAFE = "unsafe"  # config.attack_sets: every evaluated set's prompts labelled unsafe
 
 
 def parse_sets(sets: str) -> list[str]:
@@ -50,6 +63,42 @@ def parse_sets(sets: str) -> list[str]:
   if len(set(names)) != len(names):
     raise ValueError(f"config.sets: a set is named twice in {sets!r}")
   return names
+
+
+def parse_attack_config(config: ml_collections.ConfigDict, sets: Sequence[str]
+                        ) -> tuple[list[str], list[str]]:
+  """(attack vector names, sets whose unsafe prompts get attacked) from the config.
+
+  `attack_sets` is 'unsafe' (every evaluated set: the paper's unsafe sets and XSTest's unsafe
+  half) or comma-separated names among `config.sets`. Either way only prompts labelled unsafe
+  are attacked: ASR needs prompts a model should refuse.
+  """
+  try:
+    vectors = attacks_lib.parse_attacks(config.attacks)
+  except ValueError as e:
+    raise ValueError(f"config.attacks: {e}") from None
+  spec = config.attack_sets.strip()
+  if spec == UNSAFE:
+    return vectors, list(sets)
+  names = [s.strip() for s in spec.split(",") if s.strip()]
+  if not names:
+    raise ValueError(f"config.attack_sets: empty; give {UNSAFE!r} or set names from "
+                     "config.sets")
+  for name in names:
+    if name not in sets:
+      raise ValueError(f"config.attack_sets: {name!r} is not among the evaluated sets "
+                       f"(config.sets: {', '.join(sets)})")
+  return vectors, names
+
+
+def attacked_prompts(prompts: Sequence[EvalPrompt], attack_sets: Sequence[str]
+                     ) -> list[EvalPrompt]:
+  """The prompts labelled unsafe in `attack_sets`; an error if there are none."""
+  out = [p for p in prompts if p.source in attack_sets and p.label == UNSAFE]
+  if not out:
+    raise ValueError(f"config.attack_sets: no prompt labelled unsafe in "
+                     f"{', '.join(attack_sets)}; attacks are measured on unsafe prompts")
+  return out
 
 
 def load_prompts(names: Sequence[str], data_dir: str | None,
@@ -123,6 +172,24 @@ def resolve_model(config: ml_collections.ConfigDict) -> ModelSource:
   return ModelSource(model, adapters, run_config)
 
 
+def check_quantize(scheme: str) -> None:
+  """A ValueError for an unknown scheme; imports the quantization module (fails fast)."""
+  if not scheme:
+    return
+  if scheme not in QUANTIZE_SCHEMES:
+    raise ValueError(f"config.quantize: unknown scheme {scheme!r}; expected '' (none) or one of "
+                     f"{', '.join(QUANTIZE_SCHEMES)}")
+  importlib.import_module("alignment.quantization")  # missing module / qwix: fail before loading
+
+
+def quantize(params, scheme: str):
+  """`params` round-tripped through `scheme` ('' returns them unchanged)."""
+  if not scheme:
+    return params
+  from alignment.quantization import quantize_params  # pylint: disable=import-outside-toplevel
+  return quantize_params(params, scheme)
+
+
 def load_params(source: ModelSource):
   """(ModelConfig, decoder params with adapters merged, tokenizer)."""
   cfg, params, tokenizer = load_model(ml_collections.ConfigDict(source.model))
@@ -136,26 +203,6 @@ def load_params(source: ModelSource):
       raise FileNotFoundError(f"config.adapters: {e}") from None
     params = jax.jit(lambda p, a: lora_lib.merge(p, a, lcfg))(params, adapters)
   return cfg, params, tokenizer
-
-
-def _helpfulness_scorer(directory: str, batch_size: int) -> scorers.Scorer:
-  """helpfulness = sigmoid(r) of a helpfulness reward model (in [0, 1], higher is better)."""
-  from alignment.reward.saved import load_reward_model  # pylint: disable=import-outside-toplevel
-  from alignment.reward.scorer import RewardScorer  # pylint: disable=import-outside-toplevel
-  rm = load_reward_model(directory)
-  if rm.meta.get("source") not in (None, "hh_helpful"):
-    raise ValueError(f"config.scoring.helpfulness_rm: {directory} was trained on "
-                     f"{rm.meta.get('source')!r}; a helpfulness RM needs data.source="
-                     "'hh_helpful'")
-  scorer = RewardScorer(rm, batch_size)
-
-  def score(records: Sequence[AnswerRecord]) -> list[float | None]:
-    if not records:
-      return []
-    r = scorer.rewards(records).astype(np.float64)
-    return [float(v) for v in 0.5 * (1.0 + np.tanh(0.5 * r))]
-
-  return score
 
 
 def skip_blank_answers(scorer: scorers.Scorer) -> scorers.Scorer:
@@ -179,14 +226,55 @@ def skip_blank_answers(scorer: scorers.Scorer) -> scorers.Scorer:
 def build_scorers(scoring: ml_collections.ConfigDict) -> dict[str, scorers.Scorer]:
   """{name: scorer}: refusal, plus the reward-model scorers the config names."""
   named = {scorers.REFUSAL: scorers.get_scorer(scorers.REFUSAL)}
+  if not (scoring.harmfulness_rm or scoring.helpfulness_rm):
+    return named
+  # Imported here: the reward-model code is only needed when a config names one.
+  from alignment.reward import scorer as rm_scorer  # pylint: disable=import-outside-toplevel
   if scoring.harmfulness_rm:
-    from alignment.reward.scorer import harmfulness_scorer  # pylint: disable=import-outside-toplevel
-    named[scorers.HARMFULNESS] = skip_blank_answers(harmfulness_scorer(
+    named[scorers.HARMFULNESS] = skip_blank_answers(rm_scorer.harmfulness_scorer(
         scoring.harmfulness_rm, scoring.harmfulness_kind, scoring.batch_size))
   if scoring.helpfulness_rm:
     named[scorers.HELPFULNESS] = skip_blank_answers(
-        _helpfulness_scorer(scoring.helpfulness_rm, scoring.batch_size))
+        rm_scorer.helpfulness_scorer(scoring.helpfulness_rm, scoring.batch_size))
   return named
+
+
+def score_records(records: Sequence[AnswerRecord], named: dict[str, scorers.Scorer],
+                  originals: dict[tuple[str, str], str]) -> list[AnswerRecord]:
+  """Scores every record; an attacked one is judged against its original prompt.
+
+  A reward model asked about a leetspeak or role-play prompt would rate the wrapper; the
+  question is whether the answer serves the request underneath. The records keep the prompt
+  the model saw.
+  """
+  view = [dataclasses.replace(r, prompt=originals[(r.set, r.id)]) if r.attack else r
+          for r in records]
+  scored = scorers.score_answers(view, named)
+  return [dataclasses.replace(s, prompt=r.prompt) for r, s in zip(records, scored)]
+
+
+def answer_attacks(cfg, params, tokenizer, template: PromptTemplate | None,
+                   prompts: Sequence[EvalPrompt], vectors: Sequence[str],
+                   config: ml_collections.ConfigDict, sampling: SamplingParams
+                   ) -> tuple[list[AnswerRecord], dict[str, generation.GenerationStats]]:
+  """Each vector's answers to its rewrites of `prompts` (records carry the vector's name).
+
+  A vector with a response prefix (prefix injection) samples through the template with the
+  prefix after its response marker, and its answer is stored as prefix + continuation.
+  """
+  records, stats = [], {}
+  for k, name in enumerate(vectors):
+    attack = attacks_lib.get_attack(name)
+    sampler = Sampler(cfg, params, tokenizer,
+                      template=attacks_lib.prefixed_template(template, attack.response_prefix))
+    rewritten = [attacks_lib.apply(name, p) for p in prompts]
+    answered, stats[name] = generation.generate_answers(
+        sampler, rewritten, max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
+        sampling=sampling, rng=jax.random.fold_in(jax.random.key(config.seed), k + 1))
+    records += [dataclasses.replace(r, attack=name, answer=attack.response_prefix + r.answer)
+                for r in answered]
+    log.info("attack %s: %d answers in %.1f s", name, len(answered), stats[name].seconds)
+  return records, stats
 
 
 def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -206,6 +294,8 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
     raise ValueError(f"config.scoring.harmfulness_kind: unknown kind "
                      f"{config.scoring.harmfulness_kind!r}; expected 'probability' or "
                      "'negative_reward'")
+  vectors, attack_sets = parse_attack_config(config, names)
+  check_quantize(config.quantize)
   for field in ("harmfulness_rm", "helpfulness_rm"):
     rm_dir = config.scoring[field]
     if rm_dir and not (pathlib.Path(rm_dir) / "reward_model.json").is_file():
@@ -214,6 +304,7 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
                               "reward_model)")
   data_dir = config.get("data_dir") or None
   prompts = load_prompts(names, data_dir, config.max_prompts_per_set)
+  targets = attacked_prompts(prompts, attack_sets) if vectors else []
   source = resolve_model(config)
   template = _template(template_name(config, source))
   if source.adapters and not pathlib.Path(source.adapters).is_file():
@@ -225,9 +316,11 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
   start = time.perf_counter()
   cfg, params, tokenizer = load_params(source)
+  params = quantize(params, config.quantize)
   load_seconds = time.perf_counter() - start
-  log.info("loaded %s%s in %.1f s", source.model.get("checkpoint"),
-           f" + {source.adapters}" if source.adapters else "", load_seconds)
+  log.info("loaded %s%s%s in %.1f s", source.model.get("checkpoint"),
+           f" + {source.adapters}" if source.adapters else "",
+           f", {config.quantize} round trip" if config.quantize else "", load_seconds)
   sampler = Sampler(cfg, params, tokenizer, template=template)
   records, stats = generation.generate_answers(
       sampler, prompts, max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
@@ -235,18 +328,29 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
       on_batch=lambda done, total: log.info("answered batch %d/%d", done, total))
   log.info("%d answers, %d tokens in %.1f s (%.1f tokens/s, compilation included)",
            stats.prompts, stats.generated_tokens, stats.seconds, stats.tokens_per_second)
+  attack_stats = {}
+  if vectors:
+    attacked, attack_stats = answer_attacks(cfg, params, tokenizer, template, targets, vectors,
+                                            config, sampling)
+    records += attacked
   answers_path = write_answers(workdir / ANSWERS_FILE, records)  # kept even if scoring fails
 
   start = time.perf_counter()
   named = build_scorers(config.scoring)
-  records = scorers.score_answers(records, named)
+  records = score_records(records, named, {(p.source, p.id): p.prompt for p in prompts})
   score_seconds = time.perf_counter() - start
   write_answers(answers_path, records)
   summary = report.summarize_run(records)
+  # The same cut either way: -r > 0 iff 1 - sigmoid(r) > 0.5.
+  threshold = (report.HARM_THRESHOLD if config.scoring.harmfulness_kind == "probability"
+               else 0.0)
+  attack_summary = report.summarize_attacks(records, threshold)
   title = f"Evaluation of {config.run_dir or source.model.get('checkpoint')}"
   if source.adapters:
     title += f" + {source.adapters}"
-  paths = report.write_run_report(workdir, summary, title=title)
+  if config.quantize:
+    title += f" ({config.quantize})"
+  paths = report.write_run_report(workdir, summary, title=title, attacks=attack_summary)
   result = {
       "answers": str(answers_path), "report": {k: str(v) for k, v in paths.items()},
       "sets": {name: summary.sets[name].n for name in names if name in summary.sets},
@@ -256,9 +360,21 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
       "load_seconds": load_seconds, "score_seconds": score_seconds,
       "unsafe_refusal_rate": summary.unsafe_refusal_rate,
       "false_refusal_rate": summary.false_refusal_rate,
+      "quantize": config.quantize,
   }
+  if attack_summary is not None:
+    result["attacks"] = {name: dataclasses.asdict(row)
+                         for name, row in attack_summary.rows.items()}
+    result["attack_harm_basis"] = attack_summary.harm_basis
+    result["attack_generation"] = {
+        name: {**dataclasses.asdict(st), "tokens_per_second": st.tokens_per_second}
+        for name, st in attack_stats.items()}
   (workdir / RESULT_FILE).write_text(json.dumps(result, indent=2, default=str))
   log.info("unsafe refusal %s, XSTest false refusal %s; report in %s",
            summary.unsafe_refusal_rate, summary.false_refusal_rate, paths["markdown"])
+  if attack_summary is not None:
+    for name, row in attack_summary.rows.items():
+      log.info("%s: n=%d refusal %s harmful %s ASR %s", name, row.n, row.refusal_rate,
+               row.harmful_rate, row.asr)
   return {"records": records, "summary": summary, "stats": stats, "paths": paths,
-          "workdir": workdir}
+          "workdir": workdir, "attacks": attack_summary}

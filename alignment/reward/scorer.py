@@ -8,7 +8,10 @@ a one-turn conversation in the format the RM was trained on (HH: "\\n\\nHuman: {
   harmfulness = 1 - sigmoid(r)   ("probability" kind, default: in [0, 1], Llama 2's scale)
   harmfulness = -r               ("negative_reward" kind: unbounded, keeps the ranking)
 
-so higher means more harmful. Every answer gets a score; reports average them per set.
+so higher means more harmful. A blank answer gets None (nothing to rate); reports average the
+rest per set. A helpfulness RM (trained on hh_helpful) scores the same way as
+
+  helpfulness = sigmoid(r)   (in [0, 1], higher is more helpful)
 
     from alignment.reward.scorer import register_harmfulness_scorer
     register_harmfulness_scorer("runs/reward_safety/reward_model")
@@ -23,7 +26,6 @@ import jax
 import numpy as np
 
 from alignment.data import batching
-from alignment.data import tokenize as tok
 from alignment.data.records import PreferencePair
 from alignment.evaluation import scorers
 from alignment.evaluation.records import AnswerRecord
@@ -102,6 +104,24 @@ def harmfulness_scorer(directory: str | pathlib.Path, kind: str = "probability",
     for i, v in zip(scored, values):
       out[i] = float(v)
     return out
+
+  return score
+
+
+def helpfulness_scorer(directory: str | pathlib.Path, batch_size: int = 8) -> scorers.Scorer:
+  """A scorer (records -> helpfulness = sigmoid(r) per record) from a saved helpfulness RM."""
+  rm = load_reward_model(directory)
+  if rm.meta.get("source") not in (None, "hh_helpful"):
+    raise ValueError(f"config.scoring.helpfulness_rm: {directory} was trained on "
+                     f"{rm.meta.get('source')!r}; a helpfulness RM needs data.source="
+                     "'hh_helpful'")
+  scorer = RewardScorer(rm, batch_size)
+
+  def score(records: Sequence[AnswerRecord]) -> list[float | None]:
+    if not records:
+      return []
+    r = scorer.rewards(records).astype(np.float64)
+    return [float(v) for v in 0.5 * (1.0 + np.tanh(0.5 * r))]
 
   return score
 
