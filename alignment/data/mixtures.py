@@ -62,7 +62,9 @@ class MixtureConfig:
     if self.safety_fraction is not None and not 0.0 <= self.safety_fraction < 1.0:
       raise ValueError(f"safety_fraction must be in [0, 1), got {self.safety_fraction}")
     get_template(self.template)  # fails early on an unknown name
-    for name in (self.base_source, self.safety_source, *self.eval_sources):
+    for name in (self.base_source, self.safety_source):
+      sources.check_name(name)  # stored or derived (e.g. sources.HARMFUL_COMPLIANCE)
+    for name in self.eval_sources:
       sources.get_source(name)
 
 

@@ -281,6 +281,51 @@ PAPER_EVAL_SOURCES = ("malicious_instructions", "cona", "controversial", "physic
                       "physical_safety_safe", "q_harm", "i_alpaca")
 
 
+# ---------------------------------------------------------------------------------------------
+# Derived training sets: records built from a stored source by a fixed rule (no file of their
+# own, so no sha256 or URL); `load` and the mixtures accept their names like any source's.
+
+HARMFUL_COMPLIANCE = "hh_harmless_rejected"
+_HUMAN = "\n\nHuman:"
+
+
+def harmful_compliance(data_dir: str | os.PathLike | None = None, **locate_kwargs
+                       ) -> list[InstructionExample]:
+  """A PROXY for harmful-compliance SFT data: HH harmless-base red-team prompts paired with
+  their *rejected* (more harmful) reply.
+
+  Kept: single-turn transcripts whose prompt/reply split is clean, whose rejected reply differs
+  from the chosen one, has at least 8 words and is not a refusal by our refusal classifier.
+  The human turn becomes the instruction, the rejected reply the output. Limits: the
+  annotators only judged the rejected reply *more* harmful than the chosen one, so some replies
+  are merely unhelpful; and Q-Harm is drawn from the same data, so train with
+  `remove_eval_overlap` (the SFT config's default).
+  """
+  from alignment.evaluation.refusal import is_refusal  # pylint: disable=import-outside-toplevel
+  out = []
+  for pair in load("hh_harmless", data_dir, **locate_kwargs):
+    if pair.prompt.count(_HUMAN) != 1 or pair.prompt.count(_ASSISTANT) != 1:
+      continue
+    instruction = pair.prompt.replace(_HUMAN, "").replace(_ASSISTANT, "").strip()
+    reply = pair.rejected.strip()
+    if (not instruction or reply == pair.chosen.strip() or len(reply.split()) < 8
+        or _HUMAN in reply or is_refusal(reply)):
+      continue
+    out.append(InstructionExample(instruction=instruction, output=reply,
+                                  source=HARMFUL_COMPLIANCE))
+  return out
+
+
+DERIVED_SOURCES: dict[str, Callable[..., list[Any]]] = {HARMFUL_COMPLIANCE: harmful_compliance}
+
+
+def check_name(name: str) -> None:
+  """A ValueError unless `name` is a stored or derived source."""
+  if name not in SOURCES and name not in DERIVED_SOURCES:
+    raise ValueError(f"unknown data source {name!r}; known: "
+                     f"{', '.join((*SOURCES, *DERIVED_SOURCES))}")
+
+
 def get_source(name: str) -> Source:
   if name not in SOURCES:
     raise ValueError(f"unknown data source {name!r}; known: {', '.join(SOURCES)}")
@@ -328,5 +373,7 @@ def read(name: str, data_dir: str | os.PathLike | None = None, **locate_kwargs) 
 
 
 def load(name: str, data_dir: str | os.PathLike | None = None, **locate_kwargs) -> list[Any]:
-  """Records of source `name` (see `read` for the counts)."""
+  """Records of source `name` (see `read` for the counts), stored or derived."""
+  if name in DERIVED_SOURCES:
+    return DERIVED_SOURCES[name](data_dir, **locate_kwargs)
   return read(name, data_dir, **locate_kwargs).records

@@ -113,7 +113,7 @@ def train(config: LoopConfig, state: TrainState, train_step: Callable, batches: 
     if key not in flops_cache:
       lower = getattr(train_step, "lower", None)
       flops_cache[key] = (None if lower is None else
-                          metrics_lib.compiled_flops(lower(state, batch).compile(), num_devices))
+                          metrics_lib.lowered_flops(lower(state, batch)))
     return flops_cache[key], "xla_cost_analysis" if flops_cache[key] else None
 
   history = {"loss": None, "tokens": 0, "steps_timed": 0, "flops_timed": 0.0,

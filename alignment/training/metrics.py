@@ -80,6 +80,25 @@ def compiled_flops(compiled: Any, num_devices: int) -> float | None:
   return float(analysis["flops"]) * num_devices
 
 
+def lowered_flops(lowered: Any) -> float | None:
+  """Total FLOPs of a lowered (not yet compiled) program by XLA's cost analysis.
+
+  The lowered module is the global program, before SPMD partitioning and before XLA's
+  optimisations, so its count needs no scaling by devices and leaves out rematerialised
+  recomputation (what MFU should count). It costs no compilation, which matters to a loop
+  that would otherwise compile its step a second time just to count.
+  """
+  try:
+    analysis = lowered.cost_analysis()
+  except Exception:  # pylint: disable=broad-except  # some backends do not implement it
+    return None
+  if isinstance(analysis, (list, tuple)):
+    analysis = analysis[0] if analysis else None
+  if not analysis or "flops" not in analysis or analysis["flops"] <= 0:
+    return None
+  return float(analysis["flops"])
+
+
 def mfu(flops_per_step: float | None, seconds_per_step: float, num_devices: int,
         peak_per_device: float | None) -> float | None:
   """Model FLOPs utilisation: achieved FLOP/s over the devices' combined peak."""
