@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import types
 
 import jax
@@ -14,7 +15,7 @@ from alignment.model.config import get_config
 from alignment.model.masks import causal_mask
 from alignment.model.transformer import forward, init_cache, init_params
 from alignment.training import losses
-from experiments.benchmarks import accounting, measure
+from experiments.benchmarks import accounting, measure, sampler_speed
 
 
 def _size(tree) -> int:
@@ -137,3 +138,30 @@ def test_bench_train_reports_consistent_figures(tiny1):
   # The state (params + two Adam moments) is an argument; the program needs at least that.
   assert row["argument_bytes"] >= 3 * sum(x.nbytes for x in jax.tree.leaves(params))
   assert row["peak_bytes"] >= row["argument_bytes"]
+
+
+def test_sampler_speed_times_prefill_and_decode_with_one_program(tiny1, caplog):
+  """Prefill (budget 1) and full (budget 1 + N) calls must run the same compiled program with
+  the same cache, or their difference is not N decode steps (`generate` alone would compile
+  a 16-slot and a 128-slot program for N = 64)."""
+  cfg, params = tiny1
+  with caplog.at_level(logging.WARNING), jax.log_compiles():
+    row = sampler_speed.measure_batch(cfg, params, batch=2, prompt_len=16, new_tokens=63,
+                                      repeats=1)
+  compiles = [r for r in caplog.records if "jit(generate_padded)" in r.getMessage()
+              and r.getMessage().startswith("Compiling")]
+  assert len(compiles) == 1, [r.getMessage()[:80] for r in compiles]
+  assert row["kv_len"] == 16 + 64  # budget 1 + 63 fills the 64-slot capacity exactly
+  assert row["prefill_tokens_per_s"] == pytest.approx(2 * 16 / row["prefill_s"])
+
+
+def test_bench_train_variants_run_the_same_loss(tiny1):
+  """Unmerged LoRA and the chunked cross-entropy change the cost, not the first loss."""
+  cfg, params = tiny1
+  lcfg = lora_lib.LoraConfig(rank=2, alpha=4.0)
+  rows = [measure.bench_train(cfg, params, lcfg, 2, 16, steps=1, unmerged=unmerged,
+                              logits_chunk=chunk)
+          for unmerged, chunk in ((False, None), (True, 4))]
+  assert [(r["mode"], r["logits_chunk"]) for r in rows] == [("train_lora", None),
+                                                            ("train_lora_unmerged", 4)]
+  assert rows[1]["first_loss"] == pytest.approx(rows[0]["first_loss"], rel=1e-5)

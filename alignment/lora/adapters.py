@@ -1,12 +1,21 @@
-"""LoRA (Hu et al., 2021) as a transform of the parameter tree, not a fork of the model.
+"""LoRA (Hu et al., 2021) as a wrapper around the decoder, never a fork or subclass of it.
 
-`merge(base, adapters)` returns base weights plus `alpha / rank * B @ A` on each targeted
-projection; the result feeds the unchanged `alignment.model.forward`. Gradients reach only the
-adapters when the base is held fixed, so the optimizer keeps state for the adapters alone, and
-the frozen reference policy is simply the base tree with adapters off.
+Two equivalent ways to run the decoder with adapters:
+  unmerged (training): `lora_forward(cfg, base, adapters, lcfg, ...)`, i.e.
+    `model.forward(..., lora=adapter_paths(adapters, lcfg))`: every targeted projection
+    computes `x W + alpha / rank * (x A) B`. The frozen base gets no weight gradient, so the
+    backward pass differentiates only the rank-r matmuls (merging makes it compute the
+    full-size dL/dW of every targeted weight, as costly as full fine-tuning).
+  merged (export, sampling): `merge(base, adapters, lcfg)` adds `alpha / rank * A @ B` to the
+    weights once; the plain decoder then runs at base speed (decoding is bandwidth-bound, so
+    no extra adapter reads per token).
+Either way the optimizer keeps state for the adapters alone, and the frozen reference policy
+is the base tree with adapters off.
 
-Dropout: merging cannot drop per-token inputs of the adapter path, so `dropout` drops input
-features of each adapter (rows of A) with one mask per step shared by the whole batch.
+Dropout (`LoraConfig.dropout`, the same rate for both paths): unmerged, the standard
+per-token dropout of each adapter's input (as in the LoRA paper and peft); merged, weights
+cannot see tokens, so `merge` drops input features of each adapter (rows of A) with one mask
+per step shared by the whole batch. Both are identity at evaluation (no rng given).
 """
 
 from __future__ import annotations
@@ -23,7 +32,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
+from alignment import model as model_lib
 from alignment.model.config import ModelConfig
+from alignment.model.low_rank import LowRank
 
 Params = Any
 
@@ -140,6 +151,42 @@ def merge(base: Params, adapters: Params, lora: LoraConfig,
       else:
         module[target.weight] = weight.at[target.index].add(delta)
   return merged
+
+
+def adapter_paths(adapters: Params, lora: LoraConfig,
+                  dropout_rng: jax.Array | None = None) -> dict[str, dict[str, LowRank]]:
+  """The decoder's low-rank paths (`model.forward(..., lora=...)`) for these adapters.
+
+  Pass `dropout_rng` during training to drop each adapter's input per token; omit it for
+  evaluation. Every site gets its own key.
+  """
+  paths: dict[str, dict[str, LowRank]] = {}
+  for i, (layer_name, layer_adapters) in enumerate(sorted(adapters.items())):
+    paths[layer_name] = {}
+    for j, (name, ab) in enumerate(sorted(layer_adapters.items())):
+      if name not in TARGETS:
+        raise ValueError(f"adapters {layer_name}/{name}: unknown LoRA target; known: "
+                         f"{sorted(TARGETS)}")
+      key = None
+      if dropout_rng is not None and lora.dropout > 0:
+        key = jax.random.fold_in(jax.random.fold_in(dropout_rng, i), j)
+      paths[layer_name][name] = LowRank(ab["a"], ab["b"], scale=lora.scale,
+                                        dropout=lora.dropout, rng=key)
+  return paths
+
+
+def lora_forward(config: ModelConfig, base: Params, adapters: Params, lora: LoraConfig,
+                 tokens: jax.Array, positions: jax.Array, attention_mask: jax.Array,
+                 cache: Any = None, return_hidden: bool = False,
+                 dropout_rng: jax.Array | None = None) -> tuple[jax.Array, Any]:
+  """`model.forward` with the adapters applied unmerged and the base frozen.
+
+  The base goes through `stop_gradient`, so differentiating w.r.t. (base, adapters) yields
+  zeros for the base and XLA drops its weight-gradient matmuls.
+  """
+  return model_lib.forward(config, jax.lax.stop_gradient(base), tokens, positions,
+                           attention_mask, cache, return_hidden,
+                           adapter_paths(adapters, lora, dropout_rng))
 
 
 def save_adapters(path: str | os.PathLike, adapters: Params, lora: LoraConfig) -> None:

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 
 from alignment.model import layers
 from alignment.model.config import AttentionType
+from alignment.model.low_rank import LowRank, add_low_rank
 
 Array = jax.Array
 LayerCache = dict[str, Array]  # {"k": [B, S, K, H], "v": [B, S, K, H]}
@@ -40,7 +41,10 @@ class Attention(nn.Module):
   @nn.compact
   def __call__(self, x: Array, positions: Array, mask: Array,
                cache: LayerCache | None = None,
-               cache_index: Array | None = None) -> tuple[Array, LayerCache | None]:
+               cache_index: Array | None = None,
+               lora: dict[str, LowRank] | None = None) -> tuple[Array, LayerCache | None]:
+    """`lora` maps sites ("q", "k", "v", "o" here) to low-rank paths on those projections."""
+    lora = lora or {}
     init = nn.initializers.lecun_normal(in_axis=-2, out_axis=-1, batch_axis=(0,))
     wq = layers.param_with_axes(
         self, "q_einsum", init, (self.num_heads, self.embed_dim, self.head_dim),
@@ -55,9 +59,9 @@ class Attention(nn.Module):
         (self.num_heads, self.head_dim, self.embed_dim), ("heads", "head_dim", "embed"),
         self.param_dtype).astype(self.dtype)
 
-    q = jnp.einsum("btd,ndh->btnh", x, wq)
-    k = jnp.einsum("btd,kdh->btkh", x, wkv[0])
-    v = jnp.einsum("btd,kdh->btkh", x, wkv[1])
+    q = add_low_rank(jnp.einsum("btd,ndh->btnh", x, wq), x, lora.get("q"))
+    k = add_low_rank(jnp.einsum("btd,kdh->btkh", x, wkv[0]), x, lora.get("k"))
+    v = add_low_rank(jnp.einsum("btd,kdh->btkh", x, wkv[1]), x, lora.get("v"))
     if self.use_qk_norm:
       q = layers.RMSNorm("head_dim", self.norm_eps, self.param_dtype, name="_query_norm")(q)
       k = layers.RMSNorm("head_dim", self.norm_eps, self.param_dtype, name="_key_norm")(k)
@@ -93,4 +97,4 @@ class Attention(nn.Module):
     logits = jnp.where(mask[:, None, None, :, :], logits, _MASKED)
     probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
     out = jnp.einsum("bkgts,bskh->btkgh", probs, v).reshape(batch, seq_len, num_heads, head_dim)
-    return jnp.einsum("btnh,nhd->btd", out, wo), new_cache
+    return add_low_rank(jnp.einsum("btnh,nhd->btd", out, wo), out, lora.get("o")), new_cache

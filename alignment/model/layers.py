@@ -10,6 +10,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from alignment.model.low_rank import LowRank, add_low_rank
+
 Array = jax.Array
 
 
@@ -82,16 +84,19 @@ class FeedForward(nn.Module):
   param_dtype: str = "float32"
 
   @nn.compact
-  def __call__(self, x: Array) -> Array:
+  def __call__(self, x: Array, lora: dict[str, LowRank] | None = None) -> Array:
+    """`lora` maps sites ("gate", "up", "down" here) to low-rank paths on those projections."""
+    lora = lora or {}
     init = nn.initializers.lecun_normal(in_axis=1, out_axis=2, batch_axis=(0,))
     gating = param_with_axes(self, "gating_einsum", init, (2, self.embed_dim, self.hidden_dim),
                              (None, "embed", "mlp"), self.param_dtype).astype(self.dtype)
     linear = param_with_axes(self, "linear", nn.initializers.lecun_normal(),
                              (self.hidden_dim, self.embed_dim), ("mlp", "embed"),
                              self.param_dtype).astype(self.dtype)
-    gate = jnp.einsum("btd,df->btf", x, gating[0])
-    up = jnp.einsum("btd,df->btf", x, gating[1])
-    return jnp.einsum("btf,fd->btd", nn.gelu(gate, approximate=True) * up, linear)
+    gate = add_low_rank(jnp.einsum("btd,df->btf", x, gating[0]), x, lora.get("gate"))
+    up = add_low_rank(jnp.einsum("btd,df->btf", x, gating[1]), x, lora.get("up"))
+    hidden = nn.gelu(gate, approximate=True) * up
+    return add_low_rank(jnp.einsum("btf,fd->btd", hidden, linear), hidden, lora.get("down"))
 
 
 def soft_cap(x: Array, cap: float | None) -> Array:

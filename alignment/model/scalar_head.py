@@ -12,7 +12,7 @@ import jax.numpy as jnp
 
 from alignment.model import layers
 from alignment.model.config import ModelConfig
-from alignment.model.transformer import Transformer, _dummy_inputs
+from alignment.model.transformer import LowRankPaths, Transformer, _dummy_inputs
 
 Array = jax.Array
 
@@ -23,9 +23,11 @@ class ScalarHeadModel(nn.Module):
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, tokens: Array, positions: Array, attention_mask: Array) -> Array:
+  def __call__(self, tokens: Array, positions: Array, attention_mask: Array,
+               lora: LowRankPaths | None = None) -> Array:
+    """`lora`: optional low-rank paths on the backbone's projections (unmerged LoRA)."""
     hidden, _ = Transformer(self.config, name="backbone")(
-        tokens, positions, attention_mask, return_hidden=True)
+        tokens, positions, attention_mask, return_hidden=True, lora=lora)
     w = layers.param_with_axes(self, "w", nn.initializers.zeros_init(),
                                (self.config.embed_dim,), ("embed",), self.config.param_dtype)
     b = self.param("b", nn.initializers.zeros_init(), (), self.config.param_dtype)
@@ -41,9 +43,10 @@ def init_scalar_head_params(config: ModelConfig, rng: Array, backbone_params=Non
 
 
 def scalar_head_forward(config: ModelConfig, params, tokens: Array, positions: Array,
-                        attention_mask: Array) -> Array:
-  """[B, T] scalar outputs for every position."""
-  return ScalarHeadModel(config).apply({"params": params}, tokens, positions, attention_mask)
+                        attention_mask: Array, lora: LowRankPaths | None = None) -> Array:
+  """[B, T] scalar outputs for every position (`lora`: as in `transformer.forward`)."""
+  return ScalarHeadModel(config).apply({"params": params}, tokens, positions, attention_mask,
+                                       lora)
 
 
 def score_at(values: Array, index: Array) -> Array:

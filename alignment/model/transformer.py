@@ -14,6 +14,7 @@ Parameter tree (mirrors the official Flax Gemma checkpoints, which eases loading
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -23,10 +24,13 @@ import jax.numpy as jnp
 from alignment.model import layers
 from alignment.model.attention import Attention, LayerCache
 from alignment.model.config import AttentionType, ModelConfig
+from alignment.model.low_rank import LowRank, check_paths
 
 Array = jax.Array
 Params = Any
 Cache = dict[str, Any]  # {"index": int32[], "layer_{i}": LayerCache}
+# Optional low-rank paths (unmerged LoRA): {"layer_{i}": {site: LowRank}}, see `low_rank`.
+LowRankPaths = dict[str, dict[str, LowRank]]
 
 
 class Block(nn.Module):
@@ -34,7 +38,8 @@ class Block(nn.Module):
   attention_type: AttentionType
 
   @nn.compact
-  def __call__(self, x, positions, mask, cache: LayerCache | None, cache_index):
+  def __call__(self, x, positions, mask, cache: LayerCache | None, cache_index,
+               lora: dict[str, LowRank] | None = None):
     cfg = self.config
     norm = lambda name: layers.RMSNorm("embed", cfg.norm_eps, cfg.param_dtype, name=name)
     is_global = self.attention_type == "global"
@@ -46,12 +51,13 @@ class Block(nn.Module):
         rope_base=cfg.rope_base_global if is_global else cfg.rope_base_local,
         rope_scale=cfg.rope_scale_global if is_global else 1.0,
         norm_eps=cfg.norm_eps, dtype=cfg.dtype, param_dtype=cfg.param_dtype, name="attn")
-    h, cache = attn(norm("pre_attention_norm")(x), positions, mask, cache, cache_index)
+    # Each sublayer picks its own sites from the layer's paths.
+    h, cache = attn(norm("pre_attention_norm")(x), positions, mask, cache, cache_index, lora)
     if cfg.use_post_attn_norm:
       h = norm("post_attention_norm")(h)
     x = x + h
     h = layers.FeedForward(cfg.embed_dim, cfg.hidden_dim, cfg.dtype, cfg.param_dtype,
-                           name="mlp")(norm("pre_ffw_norm")(x))
+                           name="mlp")(norm("pre_ffw_norm")(x), lora)
     if cfg.use_post_ffw_norm:
       h = norm("post_ffw_norm")(h)
     return x + h, cache
@@ -64,8 +70,8 @@ class Transformer(nn.Module):
 
   @nn.compact
   def __call__(self, tokens: Array, positions: Array, attention_mask: Array,
-               cache: Cache | None = None, return_hidden: bool = False
-               ) -> tuple[Array, Cache | None]:
+               cache: Cache | None = None, return_hidden: bool = False,
+               lora: LowRankPaths | None = None) -> tuple[Array, Cache | None]:
     """Runs the decoder.
 
     Args:
@@ -76,8 +82,12 @@ class Transformer(nn.Module):
       cache: KV cache from `init_cache`; new keys/values are written at `cache["index"]`.
       return_hidden: return the final-normed hidden states [B, T, D] instead of logits, for
         scalar heads (reward, value) that do not need the vocabulary projection.
+      lora: low-rank paths added to the projections (unmerged LoRA; `alignment.lora`
+        builds them); the parameters stay the plain decoder tree.
     """
     cfg = self.config
+    check_paths(lora, cfg.num_layers)
+    lora = lora or {}
     embedder = layers.Embedder(cfg.vocab_size, cfg.embed_dim, cfg.dtype, cfg.param_dtype,
                                name="embedder")
     x = embedder.encode(tokens)
@@ -87,7 +97,7 @@ class Transformer(nn.Module):
       layer_cache = None if cache is None else cache[name]
       index = None if cache is None else cache["index"]
       x, layer_cache = Block(cfg, kind, name=name)(x, positions, attention_mask, layer_cache,
-                                                   index)
+                                                   index, lora.get(name))
       if cache is not None:
         new_cache[name] = layer_cache
     x = layers.RMSNorm("embed", cfg.norm_eps, cfg.param_dtype, name="final_norm")(x)
@@ -106,8 +116,14 @@ def _dummy_inputs(batch: int = 1, length: int = 1):
 
 def init_params(config: ModelConfig, rng: Array) -> Params:
   """Random-initialised parameters (plain arrays, logical-axis boxes removed)."""
-  init = jax.jit(lambda key: nn.unbox(Transformer(config).init(key, *_dummy_inputs())))
-  return init(rng)["params"]
+  return _init_params(config, rng)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _init_params(config: ModelConfig, rng: Array) -> Params:
+  # Module level, keyed on the (frozen, hashable) config: each config compiles once per
+  # process, not once per call.
+  return nn.unbox(Transformer(config).init(rng, *_dummy_inputs()))["params"]
 
 
 def param_logical_axes(config: ModelConfig) -> Params:
@@ -135,7 +151,8 @@ def init_cache(config: ModelConfig, batch_size: int, cache_length: int,
 
 def forward(config: ModelConfig, params: Params, tokens: Array, positions: Array,
             attention_mask: Array, cache: Cache | None = None,
-            return_hidden: bool = False) -> tuple[Array, Cache | None]:
+            return_hidden: bool = False,
+            lora: LowRankPaths | None = None) -> tuple[Array, Cache | None]:
   """Functional form of `Transformer.__call__` over a plain parameter tree."""
   return Transformer(config).apply({"params": params}, tokens, positions, attention_mask,
-                                   cache, return_hidden)
+                                   cache, return_hidden, lora)

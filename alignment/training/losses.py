@@ -1,4 +1,10 @@
-"""Masked next-token cross-entropy, the loss of language-model pre-training and SFT."""
+"""Masked next-token cross-entropy, the loss of language-model pre-training and SFT.
+
+With a large vocabulary the [B, T, V] logits dominate activation memory (Gemma 3: V = 262144,
+so 1 MiB of float32 logits per token, plus as much again for their gradient). The chunked
+form computes the same loss from the final hidden states a few positions at a time and
+recomputes each chunk's logits in the backward pass, so only [B, chunk, V] is ever live.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ import jax.numpy as jnp
 import optax
 
 from alignment import model
+from alignment.model.layers import soft_cap
 
 Array = jax.Array
 
@@ -29,15 +36,62 @@ def next_token_cross_entropy(logits: Array, targets: Array,
   return jnp.sum(losses * weights) / jnp.maximum(count, 1.0), count
 
 
-def language_model_loss(config: model.ModelConfig) -> Callable[..., tuple[Array, dict]]:
-  """A `loss_fn(params, batch, rng) -> (loss, aux)` for causal language modelling.
+def chunked_next_token_cross_entropy(hidden: Array, embedding: Array, targets: Array,
+                                     weights: Array | None = None,
+                                     final_logit_soft_cap: float | None = None,
+                                     chunk_size: int = 128) -> tuple[Array, Array]:
+  """`next_token_cross_entropy` of the tied-output logits, never holding them all at once.
+
+  `hidden` [B, T, D] are the final-normed hidden states (`forward(..., return_hidden=True)`),
+  `embedding` [V, D] the tied output matrix, already in the compute dtype; logits are
+  `soft_cap(float32(hidden @ embedding.T))` exactly as the decoder computes them. The sequence
+  is cut into chunks of `chunk_size` positions (the last one padded with zero weight); a
+  `scan` over `jax.checkpoint`ed chunks keeps [B, chunk_size, V] logits alive at a time, in
+  the forward and in the backward pass.
+  """
+  if hidden.shape[:-1] != targets.shape:
+    raise ValueError(f"hidden {hidden.shape} and targets {targets.shape} disagree on [B, T]")
+  if chunk_size < 1:
+    raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+  batch, length = targets.shape
+  weights = (jnp.ones(targets.shape, jnp.float32) if weights is None
+             else weights.astype(jnp.float32))
+  num_chunks = -(-length // chunk_size)
+  pad = num_chunks * chunk_size - length
+  chunked = lambda x: jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2)).reshape(
+      (batch, num_chunks, chunk_size) + x.shape[2:]).swapaxes(0, 1)
+
+  @jax.checkpoint  # save nothing: the backward pass recomputes this chunk's logits
+  def chunk_loss(h: Array, t: Array, w: Array) -> Array:
+    logits = jnp.einsum("btd,vd->btv", h, embedding).astype(jnp.float32)
+    logits = soft_cap(logits, final_logit_soft_cap)
+    return jnp.sum(optax.softmax_cross_entropy_with_integer_labels(logits, t) * w)
+
+  def body(total: Array, chunk: tuple[Array, Array, Array]) -> tuple[Array, None]:
+    return total + chunk_loss(*chunk), None
+
+  total, _ = jax.lax.scan(body, jnp.zeros((), jnp.float32),
+                          (chunked(hidden), chunked(targets), chunked(weights)))
+  count = jnp.sum(weights)
+  return total / jnp.maximum(count, 1.0), count
+
+
+def language_model_loss(config: model.ModelConfig, logits_chunk: int | None = None
+                        ) -> Callable[..., tuple[Array, dict]]:
+  """A `loss_fn(params, batch, rng, lora=None) -> (loss, aux)` for causal language modelling.
+
+  `lora`: optional low-rank paths (`alignment.lora.adapter_paths`), for LoRA unmerged.
+  `logits_chunk`: compute the loss `chunked_next_token_cross_entropy`-wise, this many
+  positions at a time (same loss and gradients, far less activation memory); None computes
+  the full [B, T, V] logits.
 
   `batch["tokens"]` [B, L]: position i predicts token i+1. Optional fields, all [B, L]:
   `loss_mask` (token i counts as a target where it is nonzero), `input_mask` (False on
   padding), and for packed rows `segment_ids` (1, 2, ... per sequence, 0 on padding) with
   `positions`; no token is predicted across a segment boundary.
   """
-  def loss_fn(params: Any, batch: dict[str, Array], rng: Array) -> tuple[Array, dict]:
+  def loss_fn(params: Any, batch: dict[str, Array], rng: Array,
+              lora: Any = None) -> tuple[Array, dict]:
     del rng  # Deterministic model: no dropout.
     tokens = batch["tokens"]
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
@@ -54,8 +108,15 @@ def language_model_loss(config: model.ModelConfig) -> Callable[..., tuple[Array,
     weights = valid.astype(jnp.float32)
     if "loss_mask" in batch:
       weights = weights * batch["loss_mask"][:, 1:].astype(jnp.float32)
-    logits, _ = model.forward(config, params, inputs, positions, mask)
-    loss, count = next_token_cross_entropy(logits, targets, weights)
+    if logits_chunk is None:
+      logits, _ = model.forward(config, params, inputs, positions, mask, lora=lora)
+      loss, count = next_token_cross_entropy(logits, targets, weights)
+    else:
+      hidden, _ = model.forward(config, params, inputs, positions, mask, return_hidden=True,
+                                lora=lora)
+      embedding = params["embedder"]["input_embedding"].astype(config.dtype)
+      loss, count = chunked_next_token_cross_entropy(
+          hidden, embedding, targets, weights, config.final_logit_soft_cap, logits_chunk)
     return loss, {"num_target_tokens": count}
 
   return loss_fn

@@ -24,14 +24,14 @@ from alignment import sharding
 from alignment.jobs import common, sections
 from alignment.jobs.sft import make_loss_fn
 from alignment.sampling import sampler as sampler_lib
-from alignment.training import metrics, optimizer
+from alignment.training import losses, metrics, optimizer
 from alignment.training import step as step_lib
 from alignment.training import train_state as train_state_lib
 from experiments.benchmarks import accounting
 
-WHAT = ("train_lora", "train_full", "prefill", "decode", "ppo")
-TRAIN_COLUMNS = ("mode", "batch", "seq", "compile_s", "step_s", "tokens_per_s", "model_flops",
-                 "xla_flops", "flops_per_s", "mfu", "peak_bytes")
+WHAT = ("train_lora", "train_lora_unmerged", "train_full", "prefill", "decode", "ppo")
+TRAIN_COLUMNS = ("mode", "batch", "seq", "logits_chunk", "compile_s", "step_s", "tokens_per_s",
+                 "model_flops", "xla_flops", "flops_per_s", "mfu", "temp_bytes", "peak_bytes")
 SAMPLE_COLUMNS = ("mode", "batch", "prompt", "new", "seconds", "tokens_per_s", "ms_per_step",
                   "bytes_per_step", "bytes_per_s", "bandwidth_fraction")
 
@@ -46,6 +46,23 @@ def random_batch(vocab_size: int, batch_size: int, seq_len: int, seed: int = 0) 
 
 def model_section(model: str, checkpoint: str, dtype: str) -> ml_collections.ConfigDict:
   return sections.model(checkpoint=checkpoint, preset=model, dtype=dtype)
+
+
+def sft_loss_fn(cfg, lcfg: lora_lib.LoraConfig | None, unmerged: bool = False,
+                logits_chunk: int | None = None):
+  """The SFT loss with LoRA merged into the weights (what `sft.make_loss_fn` computed when
+  this was written) or applied unmerged (`adapter_paths`), with full or chunked logits."""
+  lm_loss = losses.language_model_loss(cfg, logits_chunk)
+
+  def loss_fn(params, batch, rng):
+    if lcfg is None:
+      return lm_loss(params["base"], batch, rng)
+    if unmerged:
+      return lm_loss(jax.lax.stop_gradient(params["base"]), batch, rng,
+                     lora=lora_lib.adapter_paths(params["lora"], lcfg, rng))
+    return lm_loss(common.merged_params(params, lcfg, rng), batch, rng)
+
+  return loss_fn
 
 
 def build_train(cfg, base: Any, lcfg: lora_lib.LoraConfig | None, batch: dict,
@@ -95,20 +112,26 @@ def default_mesh() -> jax.sharding.Mesh:
 
 
 def bench_train(cfg, base: Any, lcfg: lora_lib.LoraConfig | None, batch_size: int,
-                seq_len: int, steps: int, mesh: jax.sharding.Mesh | None = None
-                ) -> dict[str, Any]:
-  """Times `steps` SFT steps after one warm step; returns the figures of one table row."""
+                seq_len: int, steps: int, mesh: jax.sharding.Mesh | None = None,
+                unmerged: bool = False, logits_chunk: int | None = None) -> dict[str, Any]:
+  """Times `steps` SFT steps after one warm step; returns the figures of one table row.
+
+  `unmerged` applies LoRA as low-rank paths instead of merged weights; `logits_chunk`
+  switches to the chunked vocabulary cross-entropy (see `sft_loss_fn`).
+  """
   mesh = mesh or default_mesh()
   batch = jax.device_put(random_batch(cfg.vocab_size, batch_size, seq_len),
                          sharding.batch_shardings(mesh, random_batch(8, batch_size, 1)))
-  compiled, state, compile_s = build_train(cfg, base, lcfg, batch, mesh)
+  compiled, state, compile_s = build_train(cfg, base, lcfg, batch, mesh,
+                                           sft_loss_fn(cfg, lcfg, unmerged, logits_chunk))
   times, loss = time_steps(compiled, state, batch, steps)
   step_s = statistics.median(times)
   devices = mesh.size
   model_flops = accounting.train_flops_per_step(cfg, batch_size, seq_len, lcfg)
   peak = accounting.peak_flops_per_device()
   return {
-      "mode": "train_lora" if lcfg else "train_full", "batch": batch_size, "seq": seq_len,
+      "mode": ("train_lora_unmerged" if unmerged else "train_lora") if lcfg else "train_full",
+      "batch": batch_size, "seq": seq_len, "logits_chunk": logits_chunk,
       "dtype": cfg.dtype, "devices": devices, "compile_s": compile_s, "step_s": step_s,
       "step_s_all": times, "tokens_per_s": batch_size * seq_len / step_s,
       "model_flops": model_flops, "xla_flops": metrics.compiled_flops(compiled, devices),

@@ -1,18 +1,22 @@
 """One benchmark entry: training, prefill, decode (and PPO) throughput of a model config.
 
   python -m experiments.benchmarks.run --model=gemma3_270m --checkpoint=random \
-      --batch_size=8 --seq_len=1024 --what=train_lora,train_full,prefill,decode,ppo \
-      --dtype=bfloat16 [--steps=5] [--new_tokens=64] [--output=bench.json]
+      --batch_size=8 --seq_len=1024 \
+      --what=train_lora,train_lora_unmerged,train_full,prefill,decode,ppo \
+      --dtype=bfloat16 [--steps=5] [--new_tokens=64] [--logits_chunk=0] [--output=bench.json]
 
 Training runs the SFT job's own pieces (loss, LoRA merge, optax optimizer, sharded state,
 donating jit) on random token ids of shape [batch_size, seq_len + 1] (the model sees seq_len
-inputs). Per mode it prints tokens/s, model FLOPs (see `accounting`), XLA's compiled FLOPs,
-achieved FLOP/s, MFU (None where the device's peak is unknown, e.g. CPU) and the compiled
-step's per-device memory. Prefill and decode time the sampler's compiled program
-(`generate_padded`): prefill = a call with a 1-token budget; decode = a call
-with 1 + new_tokens minus the prefill call. Decode also reports the bytes a step must read
-(all parameters + the allocated KV cache) and what fraction of the HBM bandwidth bound it
-reaches. Timings: one warm call, then the median of `steps` (train) or best of `repeats`.
+inputs). `train_lora_unmerged` applies the adapters as low-rank paths inside the projections
+instead of merged weights; `--logits_chunk=N` computes the loss with the chunked vocabulary
+cross-entropy, N positions at a time (`alignment.training.losses`). Per mode it prints tokens/s,
+model FLOPs (see `accounting`), XLA's compiled FLOPs, achieved FLOP/s, MFU (None where the
+device's peak is unknown, e.g. CPU) and the compiled step's per-device memory. Prefill and
+decode time the sampler's compiled program (`generate_padded`): prefill = a call with a 1-token
+budget; decode = a call with 1 + new_tokens minus the prefill call. Decode also reports the
+bytes a step must read (all parameters + the allocated KV cache) and what fraction of the HBM
+bandwidth bound it reaches. Timings: one warm call, then the median of `steps` (train) or best
+of `repeats`.
 
 Never run in CI: at real sizes it takes minutes; `tests/test_benchmarks.py` checks the
 accounting on tiny configs.
@@ -45,6 +49,8 @@ _STEPS = flags.DEFINE_integer("steps", 3, "Timed training steps (median is repor
 _NEW = flags.DEFINE_integer("new_tokens", 32, "Timed decode steps.")
 _REPEATS = flags.DEFINE_integer("repeats", 2, "Sampler calls per measurement (best is kept).")
 _RANK = flags.DEFINE_integer("lora_rank", 8, "LoRA rank (all 7 projections targeted).")
+_CHUNK = flags.DEFINE_integer("logits_chunk", 0, "Chunked cross-entropy over this many "
+                               "positions at a time (0: full [B, T, V] logits).")
 _OUTPUT = flags.DEFINE_string("output", "", "Write the results here as JSON.")
 
 
@@ -61,11 +67,15 @@ def main(argv: list[str]) -> None:
         f"{time.perf_counter() - start:.1f} s")
   b, t = _BATCH.value, _SEQ.value
   train_rows, sample_rows, other = [], [], []
+  chunk = _CHUNK.value or None
+  lcfg = lora_lib.LoraConfig(rank=_RANK.value, alpha=2.0 * _RANK.value)
   if "train_lora" in _WHAT.value:
-    lcfg = lora_lib.LoraConfig(rank=_RANK.value, alpha=2.0 * _RANK.value)
-    train_rows.append(bench_train(cfg, base, lcfg, b, t, _STEPS.value))
+    train_rows.append(bench_train(cfg, base, lcfg, b, t, _STEPS.value, logits_chunk=chunk))
+  if "train_lora_unmerged" in _WHAT.value:
+    train_rows.append(bench_train(cfg, base, lcfg, b, t, _STEPS.value, unmerged=True,
+                                  logits_chunk=chunk))
   if "train_full" in _WHAT.value:
-    train_rows.append(bench_train(cfg, base, None, b, t, _STEPS.value))
+    train_rows.append(bench_train(cfg, base, None, b, t, _STEPS.value, logits_chunk=chunk))
   if "prefill" in _WHAT.value or "decode" in _WHAT.value:
     sample_params = jax.tree.map(lambda x: x.astype(_DTYPE.value), base)
     sample_cfg = cfg.replace(param_dtype=_DTYPE.value)
