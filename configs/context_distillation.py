@@ -2,13 +2,15 @@
 fine-tuning targets for the same prompts without it; optionally targeted by a safety RM.
 
   python -m alignment.main --config=configs/context_distillation.py:demo_270m
+  # targeted: first the safety reward model (python -m alignment.main
+  # --config=configs/reward.py:safety writes runs/reward_safety/reward_model), then
   python -m alignment.main --config=configs/context_distillation.py \
       --config.distill.reward=runs/reward_safety/reward_model
 
 Presets:
   default    embedded Gemma 3 270M, LoRA, 512 adversarial prompts (the paper's safety
              instructions and one-turn HH harmless requests), 128 new tokens, 200 steps.
-  demo_270m  a few minutes on a 2-core CPU: 16 safety prompts, 32 new tokens, 8 steps,
+  demo_270m  ~4 CPU-minutes on the 270M: 16 safety prompts, 32 new tokens, 8 steps,
              refusal rate on 8 held-out prompts before and after.
   tiny       random tiny model (tests).
 distill.reward: '' (plain distillation), a saved safety reward-model directory or a named

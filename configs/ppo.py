@@ -1,16 +1,17 @@
 """RLHF with PPO: policy, critic, frozen reference and a reward.
 
-  python -m alignment.main --config=configs/ppo.py:demo_270m
-  python -m alignment.main --config=configs/ppo.py \
-      --config.reward.safety_dir=runs/reward_safety/reward_model \
-      --config.reward.helpfulness_dir=runs/reward_helpfulness/reward_model
+  python -m alignment.main --config=configs/ppo.py:demo_270m   # needs nothing else
+  # default: first the two reward models it reads (runs/reward_{safety,helpfulness}/):
+  python -m alignment.main --config=configs/reward.py:safety
+  python -m alignment.main --config=configs/reward.py:helpfulness
+  python -m alignment.main --config=configs/ppo.py
 
 Presets:
   default    embedded Gemma 3 270M (optionally an SFT run's adapters merged in via
              model_adapters), LoRA policy and critic on one frozen base, Alpaca + HH harmless
              prompts, Llama 2's combined safety/helpfulness reward from two saved RMs.
-  demo_270m  a few-minute CPU run on the 270M: a toy reward (fraction of "." tokens),
-             4 prompts x 16 tokens per iteration, 6 iterations.
+  demo_270m  ~6 CPU-minutes on the 270M: a toy reward (fraction of "." tokens),
+             8 prompts x 16 tokens per iteration, 8 iterations (see docs/MEASUREMENTS.md).
   tiny       random tiny model, toy reward (tests).
 """
 
@@ -68,13 +69,15 @@ def get_config(preset: str | None = "default") -> ml_collections.ConfigDict:
   elif preset == "demo_270m":
     c.workdir = "runs/ppo_demo"
     c.lora.rank = 4
-    c.prompts.update(sources="alpaca", per_source=64)
-    c.rollout.update(prompts_per_iteration=4, max_new_tokens=16, max_prompt_length=96)
+    c.prompts.update(sources="alpaca", per_source=128)
+    # Prompts up to 48 tokens all pad to one length bucket: one compilation, not one per bucket.
+    c.rollout.update(prompts_per_iteration=8, max_new_tokens=16, max_prompt_length=48)
     c.reward.update(kind="token_fraction", token=".")
     c.ppo.update(epochs=2, num_minibatches=2, whiten_rewards=False)
-    c.kl.update(controller="fixed", coef=0.1)  # 0.02 with lr 2e-3 drifted 39 nats in 5 iterations
-    c.train.update(iterations=6, learning_rate=5e-4, log_every=1)
-    c.checkpoint.every = 3
+    # lr 2e-3 drifted 39 nats in 5 iterations; 5e-4 gave approx_kl 1.4 in the first update.
+    c.kl.update(controller="fixed", coef=0.1)
+    c.train.update(iterations=8, learning_rate=2e-4, log_every=1)
+    c.checkpoint.every = 4
   elif preset == "tiny":
     c.workdir = "runs/tiny_ppo"
     c.model = sections.model(checkpoint="random", preset="tiny_gemma3")

@@ -1,13 +1,14 @@
 """Rejection-sampling fine-tuning (Llama 2): best of K samples per prompt by reward, then SFT.
 
   python -m alignment.main --config=configs/rejection_sampling.py:demo_270m
-  python -m alignment.main --config=configs/rejection_sampling.py \
-      --config.rs.reward=runs/reward_helpfulness/reward_model
+  # default: first the reward model it reads (runs/reward_helpfulness/reward_model):
+  python -m alignment.main --config=configs/reward.py:helpfulness
+  python -m alignment.main --config=configs/rejection_sampling.py
 
 Presets:
   default    embedded Gemma 3 270M, LoRA, 512 Alpaca + safety prompts, K=4, 3 rounds, scored
              by a saved reward model (rs.reward = its directory; the `reward` job writes it).
-  demo_270m  a few minutes on a 2-core CPU: 8 safety prompts, K=4, 32 new tokens, 2 rounds of
+  demo_270m  ~5 CPU-minutes on the 270M: 8 safety prompts, K=4, 32 new tokens, 2 rounds of
              4 steps, the string-match 'refusal' reward (refusals win).
   tiny       random tiny model, the 'length' reward (tests).
 rs.reward: a reward-model directory or a named reward: length | refusal | compliance.

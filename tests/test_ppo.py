@@ -266,7 +266,7 @@ def test_ppo_resumes_with_prompt_position_and_kl_coefficient(tiny_run, tiny_setu
       config.ppo.num_minibatches
 
 
-def test_ppo_config_errors(tiny_setup, tmp_path):
+def test_ppo_config_errors(tiny_setup, tmp_path, monkeypatch):
   config = tiny_config(tiny_setup, tmp_path / "run", 1)
   config.reward.kind = "oracle"
   with pytest.raises(ValueError, match="unknown reward.kind 'oracle'"):
@@ -277,6 +277,11 @@ def test_ppo_config_errors(tiny_setup, tmp_path):
     ppo_job.run(config)
   with pytest.raises(ValueError, match="unknown ppo preset"):
     ppo_config.get_config("huge")
+  with monkeypatch.context() as m:  # checked after joining the process group, before loading
+    m.setattr(jax, "process_count", lambda: 2)
+    with pytest.raises(NotImplementedError, match="one host only .2 processes found.: the "
+                                                  "rollout sampler takes host numpy"):
+      ppo_job.run(tiny_config(tiny_setup, tmp_path / "run3", 1))
   with pytest.raises(ValueError, match="unknown advantage estimator"):
     ppo.PPOConfig(estimator="vtrace")
 

@@ -9,7 +9,9 @@ import jax
 import numpy as np
 import pytest
 
+from alignment.data.records import PreferencePair
 from alignment.jobs import rejection_sampling as rs_job
+from alignment.rl import prompts as prompts_lib
 from alignment.rl import rejection_sampling as rs
 from configs import rejection_sampling as rs_config
 from tiny_sentencepiece import train_tiny_tokenizer
@@ -105,3 +107,36 @@ def test_two_rounds_on_a_tiny_model(tmp_path, monkeypatch, data_dir):
       words = [len(c.split()) for c in row["candidates"]]
       assert row["rewards"] == words and row["best"] == int(np.argmax(words))
       assert len(row["candidates"]) == config.rs.num_samples
+
+
+def test_prompts_are_distinct_seeded_and_capped(data_dir):
+  """One loader serves PPO (per-source caps, sources kept) and the sampling jobs (a total)."""
+  capped = prompts_lib.load_prompts("safety_instructions, hh_harmless", str(data_dir), seed=3,
+                                    per_source=20)
+  texts = [p.text for p in capped]
+  assert len(set(texts)) == len(texts) == 40
+  assert {p.source for p in capped} == {"safety_instructions", "hh_harmless"}
+  for p in capped:
+    assert p.text.strip() and "Human:" not in p.text and "Assistant:" not in p.text
+  assert capped == prompts_lib.load_prompts(["safety_instructions", "hh_harmless"],
+                                            str(data_dir), seed=3, per_source=20)
+  every = prompts_lib.load_prompts("safety_instructions", str(data_dir), seed=5)
+  assert prompts_lib.load_prompts("safety_instructions", str(data_dir), seed=5,
+                                  num_prompts=10) == every[:10]
+  assert [p.text for p in every] != [p.text for p in prompts_lib.load_prompts(
+      "safety_instructions", str(data_dir), seed=6)]
+  with pytest.raises(ValueError, match=f"hold only {len(every)} distinct"):
+    prompts_lib.load_prompts("safety_instructions", str(data_dir), 0, len(every) + 1)
+  with pytest.raises(ValueError, match="no prompt sources"):
+    prompts_lib.load_prompts(" , ", str(data_dir), 0)
+
+
+def test_only_one_turn_hh_conversations_give_a_prompt():
+  one = PreferencePair(prompt="\n\nHuman: How do I bake bread?\n\nAssistant:", chosen="a",
+                       rejected="b")
+  two = PreferencePair(prompt="\n\nHuman: Hi\n\nAssistant: Hello\n\nHuman: Bread?\n\nAssistant:",
+                       chosen="a", rejected="b")
+  assert prompts_lib.record_prompt(one) == "How do I bake bread?"
+  assert prompts_lib.record_prompt(two) is None
+  with pytest.raises(ValueError, match="'xs': cannot take a prompt from a str"):
+    prompts_lib.record_prompt("text", "xs")

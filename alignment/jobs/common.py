@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -16,7 +17,10 @@ from alignment import lora as lora_lib
 from alignment import sharding
 from alignment.checkpoints.loading import load_model
 from alignment.model.config import ModelConfig
-from alignment.training import checkpointing, distributed, optimizer
+from alignment.prompts import get_template
+from alignment.prompts.templates import PromptTemplate
+from alignment.training import checkpointing, distributed, loop, optimizer
+from alignment.training import step as step_lib
 from alignment.training import train_state as train_state_lib
 
 
@@ -80,6 +84,30 @@ def load_trainable(config: ml_collections.ConfigDict, mesh, rng: jax.Array,
   return Trainable(cfg, params, lcfg, tokenizer, frozen, shardings)
 
 
+@dataclasses.dataclass
+class Prepared:
+  """What every training job starts from (see `prepare`)."""
+
+  workdir: pathlib.Path
+  mesh: jax.sharding.Mesh
+  trainable: Trainable
+  rngs: list[jax.Array]  # independent keys from `config.seed`, after the one that made LoRA
+  template: PromptTemplate | None  # `config.data.template`, for jobs whose data has one
+
+
+def prepare(config: ml_collections.ConfigDict, job: str, num_rngs: int = 1,
+            require_tokenizer: bool = True) -> Prepared:
+  """The shared start of a training job: process group, mesh and run directory, keys split
+  from `config.seed`, the model with adapters, a tokenizer check and the prompt template."""
+  workdir, mesh = start(config)
+  init_rng, *rngs = jax.random.split(jax.random.key(config.seed), num_rngs + 1)
+  trainable = load_trainable(config, mesh, init_rng)
+  if require_tokenizer and trainable.tokenizer is None:
+    raise ValueError(f"{job} needs a tokenizer: the checkpoint has none; set model.tokenizer")
+  name = config.get("data", {}).get("template")
+  return Prepared(workdir, mesh, trainable, rngs, get_template(name) if name else None)
+
+
 def merged_params(trainable_params: dict[str, Any], lcfg: lora_lib.LoraConfig | None,
                   dropout_rng: jax.Array | None = None) -> Any:
   """The decoder parameters the model runs with: base (+ adapters when LoRA is on)."""
@@ -105,6 +133,32 @@ def new_state(trainable: Trainable, tx, rng: jax.Array, mesh):
                                                  trainable.shardings)
 
 
+def compile_training(config: ml_collections.ConfigDict, trainable: Trainable, loss_fn: Callable,
+                     rng: jax.Array, mesh, example_batch: Any
+                     ) -> tuple[optimizer.OptimizerConfig, Any, Callable]:
+  """(optimizer config, fresh train state, jitted train step) for `loss_fn` under
+  `config.train`; `example_batch` fixes the batch shardings."""
+  opt_cfg = optimizer_config(config.train, trainable.frozen)
+  tx = optimizer.make_optimizer(opt_cfg)
+  state = new_state(trainable, tx, rng, mesh)
+  dtype = trainable.model_config.dtype
+  train_step = step_lib.jit_train_step(
+      step_lib.make_train_step(loss_fn, tx, None if dtype == "float32" else dtype),
+      train_state_lib.state_shardings_of(state), sharding.batch_shardings(mesh, example_batch),
+      sharding.replicated(mesh))
+  return opt_cfg, state, train_step
+
+
+def save_lora(workdir: pathlib.Path, params: dict[str, Any],
+              lcfg: lora_lib.LoraConfig | None) -> dict[str, str]:
+  """Writes a LoRA run's adapters to workdir/adapters.npz: {"adapters": path}, or {}."""
+  if lcfg is None:
+    return {}
+  path = workdir / "adapters.npz"
+  lora_lib.save_adapters(path, jax.device_get(params["lora"]), lcfg)
+  return {"adapters": str(path)}
+
+
 def checkpointer(config: ml_collections.ConfigDict, workdir: pathlib.Path,
                  trainable: Trainable | None = None) -> checkpointing.Checkpointer:
   """The run's checkpointer; with LoRA the frozen base is not written (the job reloads it)."""
@@ -116,6 +170,35 @@ def checkpointer(config: ml_collections.ConfigDict, workdir: pathlib.Path,
                                      async_save=config.checkpoint.async_save,
                                      skip_params=skip),
       run_config=json.loads(config.to_json_best_effort()))
+
+
+def loop_config(train: ml_collections.ConfigDict, directory: pathlib.Path | str,
+                num_steps: int | None = None) -> loop.LoopConfig:
+  return loop.LoopConfig(num_steps=train.steps if num_steps is None else num_steps,
+                         log_every=train.log_every, output_dir=str(directory),
+                         progress_bar=train.progress_bar)
+
+
+def train_with_evaluation(config: ml_collections.ConfigDict, workdir: pathlib.Path, state,
+                          train_step: Callable, batches: Iterator,
+                          ckpt: checkpointing.Checkpointer, mesh,
+                          opt_cfg: optimizer.OptimizerConfig,
+                          evaluate: Callable[[int, Any], Any]) -> loop.TrainResult:
+  """`loop.train` calling `evaluate(step, state)` every `config.eval.every` steps, and once
+  more at the end unless the last step was just evaluated (so a run always ends measured)."""
+  evaluated: list[int] = []
+
+  def hook(step: int, state) -> Any:
+    evaluated.append(step)
+    return evaluate(step, state)
+
+  result = loop.train(loop_config(config.train, workdir), state, train_step, batches, ckpt,
+                      mesh=mesh, learning_rate_fn=lambda s: optimizer.learning_rate_at(opt_cfg, s),
+                      hooks=[loop.Hook(config.eval.every, hook)])
+  final_step = int(result.state.step)
+  if not evaluated or evaluated[-1] != final_step:
+    evaluate(final_step, result.state)
+  return result
 
 
 def data_dir(config: ml_collections.ConfigDict) -> str | None:

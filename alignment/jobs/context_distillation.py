@@ -20,14 +20,13 @@ import jax
 import ml_collections
 import numpy as np
 
-from alignment import lora as lora_lib
 from alignment.evaluation import scorers
 from alignment.evaluation.records import AnswerRecord
 from alignment.jobs import common
 from alignment.jobs.rejection_sampling import make_sample_fn
-from alignment.prompts import get_template
 from alignment.rl import context_distillation as cd
 from alignment.rl import generation
+from alignment.rl import prompts as prompts_lib
 from alignment.rl import rejection_sampling as rs
 from alignment.rl.finetune import ExampleTrainer
 from alignment.training import distributed
@@ -50,18 +49,14 @@ def run(config: ml_collections.ConfigDict, reward_fn: rs.RewardFn | None = None
   """`reward_fn` (or `distill.reward`) turns on targeted distillation."""
   if config.train.steps < 1 or config.sampling.batch_size < 1:
     raise ValueError("train.steps and sampling.batch_size must be >= 1")
-  workdir, mesh = common.start(config)
-  init_rng, state_rng, sample_rng = jax.random.split(jax.random.key(config.seed), 3)
-  trainable = common.load_trainable(config, mesh, init_rng)
+  job = common.prepare(config, "context_distillation", num_rngs=2)
+  workdir, mesh, trainable, template = job.workdir, job.mesh, job.trainable, job.template
+  state_rng, sample_rng = job.rngs
   cfg, lcfg, tokenizer = trainable.model_config, trainable.lora, trainable.tokenizer
-  if tokenizer is None:
-    raise ValueError("context_distillation needs a tokenizer: the checkpoint has none; set "
-                     "model.tokenizer")
-  template = get_template(config.data.template)
   n_eval = config.eval.num_prompts
-  prompts = generation.load_prompts(config.data.prompt_source, common.data_dir(config),
-                                    config.data.num_prompts + n_eval if config.data.num_prompts
-                                    else 0, config.seed)
+  prompts = [p.text for p in prompts_lib.load_prompts(
+      config.data.prompt_source, common.data_dir(config), config.seed,
+      num_prompts=config.data.num_prompts + n_eval if config.data.num_prompts else 0)]
   eval_prompts, prompts = prompts[:n_eval], prompts[n_eval:]
   if not prompts:
     raise ValueError("no prompts left for distillation after holding out eval.num_prompts")
@@ -112,10 +107,7 @@ def run(config: ml_collections.ConfigDict, reward_fn: rs.RewardFn | None = None
         template, config.sampling.batch_size)
   outputs: dict[str, Any] = {}
   if distributed.is_primary():
-    if lcfg is not None:
-      lora_lib.save_adapters(workdir / "adapters.npz",
-                             jax.device_get(trainer.state.params["lora"]), lcfg)
-      outputs["adapters"] = str(workdir / "adapters.npz")
+    outputs.update(common.save_lora(workdir, trainer.state.params, lcfg))
     (workdir / "result.json").write_text(json.dumps(
         {"figures": figures, "train": train_summary, "outputs": outputs}, indent=2,
         default=str))

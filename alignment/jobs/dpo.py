@@ -21,7 +21,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from alignment import lora as lora_lib
 from alignment import model as model_lib
 from alignment import sharding
 from alignment.data import batching, pipeline
@@ -29,9 +28,7 @@ from alignment.jobs import common
 from alignment.reward import data as reward_data
 from alignment.reward import model as reward_model
 from alignment.rl import dpo
-from alignment.training import distributed, loop, optimizer
-from alignment.training import step as step_lib
-from alignment.training import train_state as train_state_lib
+from alignment.training import distributed
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +79,9 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   dpo_cfg = dpo_config(config)
   if config.eval.batch_size < 1:
     raise ValueError(f"eval.batch_size={config.eval.batch_size} must be >= 1")
-  workdir, mesh = common.start(config)
-  init_rng, state_rng = jax.random.split(jax.random.key(config.seed))
-  trainable = common.load_trainable(config, mesh, init_rng)
+  job = common.prepare(config, "dpo", require_tokenizer=False)  # synthetic pairs need none
+  workdir, mesh, trainable = job.workdir, job.mesh, job.trainable
+  (state_rng,) = job.rngs
   cfg, lcfg, tokenizer = trainable.model_config, trainable.lora, trainable.tokenizer
   if lcfg is not None:
     for key in ("params", "shardings"):  # adapters on the top layers only: cheaper backward
@@ -111,14 +108,8 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   example = batching.pad_pair_batch(train_pairs[:config.train.batch_size], pipe.buckets,
                                     pad_id, rows=rows)
 
-  opt_cfg = common.optimizer_config(config.train, trainable.frozen)
-  tx = optimizer.make_optimizer(opt_cfg)
-  state = common.new_state(trainable, tx, state_rng, mesh)
-  compute_dtype = None if cfg.dtype == "float32" else cfg.dtype
-  train_step = step_lib.jit_train_step(
-      step_lib.make_train_step(dpo.make_loss_fn(cfg, lcfg, dpo_cfg), tx, compute_dtype),
-      train_state_lib.state_shardings_of(state), sharding.batch_shardings(mesh, example),
-      sharding.replicated(mesh))
+  opt_cfg, state, train_step = common.compile_training(
+      config, trainable, dpo.make_loss_fn(cfg, lcfg, dpo_cfg), state_rng, mesh, example)
   eval_fn = make_eval_fn(cfg, lcfg, dpo_cfg)
   history: list[dict[str, Any]] = []
 
@@ -131,25 +122,16 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
       log.info("validation at step %d: %s", step, json.dumps(record))
     return record
 
-  with common.checkpointer(config, workdir) as ckpt, batches:
+  with common.checkpointer(config, workdir, trainable) as ckpt, batches:
     if config.eval.at_start and (ckpt.latest_step() or 0) == 0:
       evaluate(0, state)
-    result = loop.train(
-        loop.LoopConfig(num_steps=config.train.steps, log_every=config.train.log_every,
-                        output_dir=str(workdir), progress_bar=config.train.progress_bar),
-        state, train_step, batches, ckpt, mesh=mesh,
-        learning_rate_fn=lambda s: optimizer.learning_rate_at(opt_cfg, s),
-        hooks=[loop.Hook(config.eval.every, evaluate)])
+    result = common.train_with_evaluation(config, workdir, state, train_step, batches, ckpt,
+                                          mesh, opt_cfg, evaluate)
   final_state = result.state
-  if not history or history[-1]["step"] != int(final_state.step):
-    evaluate(int(final_state.step), final_state)
 
   outputs: dict[str, Any] = {}
   if distributed.is_primary():
-    if lcfg is not None:
-      lora_lib.save_adapters(workdir / "adapters.npz",
-                             jax.device_get(final_state.params["lora"]), lcfg)
-      outputs["adapters"] = str(workdir / "adapters.npz")
+    outputs.update(common.save_lora(workdir, final_state.params, lcfg))
     summary = {"train": result.summary, "validation": history, "outputs": outputs,
                "data": data_report, "dpo": dataclasses.asdict(dpo_cfg)}
     (workdir / "result.json").write_text(json.dumps(summary, indent=2, default=str))

@@ -49,9 +49,8 @@ def ppo_config(config: ml_collections.ConfigDict) -> ppo.PPOConfig:
 
 def tokenized_prompts(config, tokenizer, template) -> list[tuple[prompts_lib.RLPrompt, list[int]]]:
   """The configured prompts through the template, with <bos>; over-long ones dropped."""
-  p = config.prompts
-  names = [n.strip() for n in p.sources.split(",") if n.strip()]
-  loaded = prompts_lib.load_prompts(names, common.data_dir(config), p.per_source, config.seed)
+  loaded = prompts_lib.load_prompts(config.prompts.sources, common.data_dir(config), config.seed,
+                                    per_source=config.prompts.per_source)
   kept = []
   for prompt in loaded:
     ids = tokenizer.encode(template.format(prompt.text), add_bos=True)
@@ -106,6 +105,7 @@ class PPOTrainer:
                reward_fn, reference_params: Any | None = None):
     self.config = config
     self.mesh = mesh
+    self.trainable = trainable  # which parameters a checkpoint leaves out (a LoRA run's base)
     cfg, lcfg = trainable.model_config, trainable.lora
     self.model_config = cfg
     self.tokenizer = trainable.tokenizer
@@ -255,18 +255,23 @@ def build(config: ml_collections.ConfigDict, mesh):
 
 
 def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  workdir, mesh = common.start(config)  # joins the process group: process_count is known after
   if jax.process_count() > 1:
-    raise NotImplementedError("ppo runs on one host for now (rollouts are not yet sharded "
-                              "across hosts)")
-  workdir, mesh = common.start(config)
+    # Lifting this needs the sampler to take and return global (multi-host) arrays and the
+    # host-side reward and metrics to read only their own rows: not a small change.
+    raise NotImplementedError(
+        f"ppo runs on one host only ({jax.process_count()} processes found): the rollout "
+        "sampler takes host numpy prompts and reads its outputs back with np.asarray, and the "
+        "reward and metrics read the whole batch on the host; across hosts those arrays are "
+        "not addressable by every process")
   trainer, state, prompts, kl_ctl = build(config, mesh)
   iterations = config.train.iterations
   history: list[dict[str, Any]] = []
   samples: list[dict[str, str]] = []
   start = 0
-  with common.checkpointer(config, workdir) as ckpt:
+  with common.checkpointer(config, workdir, trainer.trainable) as ckpt:
     if ckpt.latest_step() is not None:
-      restored = ckpt.restore_latest(abstract_like(state))
+      restored = ckpt.restore_latest(abstract_like(state), skipped_from=state)
       if restored is not None:
         state = restored.state
         prompts.set_state(restored.data_state["prompts"])
@@ -316,11 +321,7 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
   outputs: dict[str, Any] = {}
   if distributed.is_primary():
-    lcfg = trainer.policy.lora
-    if lcfg is not None:
-      lora_lib.save_adapters(workdir / "adapters.npz", jax.device_get(state.params["lora"]),
-                             lcfg)
-      outputs["adapters"] = str(workdir / "adapters.npz")
+    outputs.update(common.save_lora(workdir, state.params, trainer.policy.lora))
     summary = {"history": history, "samples": samples, "outputs": outputs,
                "start_iteration": start, "final_iteration": iterations, "wall_seconds": wall,
                "final_kl_coef": kl_ctl.value}

@@ -18,10 +18,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from alignment import lora as lora_lib
 from alignment.jobs import common
-from alignment.prompts import get_template
 from alignment.rl import generation
+from alignment.rl import prompts as prompts_lib
 from alignment.rl import rejection_sampling as rs
 from alignment.rl.finetune import ExampleTrainer
 from alignment.sampling import Sampler, SamplingParams
@@ -63,16 +62,13 @@ def run(config: ml_collections.ConfigDict, reward_fn: rs.RewardFn | None = None
         ) -> dict[str, Any]:
   """Runs every round; `reward_fn` overrides `config.rs.reward` (e.g. a Python function)."""
   check_config(config)
-  workdir, mesh = common.start(config)
-  init_rng, state_rng, sample_rng = jax.random.split(jax.random.key(config.seed), 3)
-  trainable = common.load_trainable(config, mesh, init_rng)
+  job = common.prepare(config, "rejection_sampling", num_rngs=2)
+  workdir, mesh, trainable, template = job.workdir, job.mesh, job.trainable, job.template
+  state_rng, sample_rng = job.rngs
   cfg, lcfg, tokenizer = trainable.model_config, trainable.lora, trainable.tokenizer
-  if tokenizer is None:
-    raise ValueError("rejection_sampling needs a tokenizer: the checkpoint has none; set "
-                     "model.tokenizer")
-  template = get_template(config.data.template)
-  prompts = generation.load_prompts(config.data.prompt_source, common.data_dir(config),
-                                    config.data.num_prompts, config.seed)
+  prompts = [p.text for p in prompts_lib.load_prompts(
+      config.data.prompt_source, common.data_dir(config), config.seed,
+      num_prompts=config.data.num_prompts)]
   inputs = [template.format(p) for p in prompts]  # what the policy reads (= training prompts)
   reward = reward_fn or rs.get_reward(config.rs.reward, config.rs.reward_batch_size)
   rounds, steps = config.rs.rounds, config.train.steps
@@ -111,10 +107,7 @@ def run(config: ml_collections.ConfigDict, reward_fn: rs.RewardFn | None = None
 
   outputs: dict[str, Any] = {}
   if distributed.is_primary():
-    if lcfg is not None:
-      lora_lib.save_adapters(workdir / "adapters.npz",
-                             jax.device_get(trainer.state.params["lora"]), lcfg)
-      outputs["adapters"] = str(workdir / "adapters.npz")
+    outputs.update(common.save_lora(workdir, trainer.state.params, lcfg))
     (workdir / "result.json").write_text(json.dumps(
         {"rounds": history, "outputs": outputs}, indent=2, default=str))
   return {"state": trainer.state, "rounds": history, "outputs": outputs}

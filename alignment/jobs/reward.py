@@ -25,8 +25,6 @@ from alignment.reward import evaluate, losses
 from alignment.reward import model as reward_model
 from alignment.reward.saved import save_reward_model
 from alignment.training import distributed, loop, optimizer
-from alignment.training import step as step_lib
-from alignment.training import train_state as train_state_lib
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +77,9 @@ def score_pairs(score_fn, params, pairs: list, batch_size: int, max_length: int,
 def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   check_config(config)
   loss_cfg = losses.RankingLossConfig(config.loss.margin_scale, config.loss.centering)
-  workdir, mesh = common.start(config)
-  init_rng, state_rng = jax.random.split(jax.random.key(config.seed))
-  trainable = common.load_trainable(config, mesh, init_rng)
+  job = common.prepare(config, "reward", require_tokenizer=False)  # synthetic pairs need none
+  workdir, mesh, trainable = job.workdir, job.mesh, job.trainable
+  (state_rng,) = job.rngs
   cfg, lcfg, tokenizer = trainable.model_config, trainable.lora, trainable.tokenizer
   # The head trains fully beside the base (full fine-tuning) or the adapters (LoRA).
   head = reward_model.init_head(cfg)
@@ -104,20 +102,12 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   example = batching.pad_pair_batch(train_pairs[:config.train.batch_size],
                                     pipe.validated().buckets, max(pad_id, 0))
 
-  opt_cfg = common.optimizer_config(config.train, trainable.frozen)
-  tx = optimizer.make_optimizer(opt_cfg)
-  state = common.new_state(trainable, tx, state_rng, mesh)
-  compute_dtype = None if cfg.dtype == "float32" else cfg.dtype
-  train_step = step_lib.jit_train_step(
-      step_lib.make_train_step(losses.make_loss_fn(cfg, lcfg, loss_cfg), tx, compute_dtype),
-      train_state_lib.state_shardings_of(state), sharding.batch_shardings(mesh, example),
-      sharding.replicated(mesh))
+  opt_cfg, state, train_step = common.compile_training(
+      config, trainable, losses.make_loss_fn(cfg, lcfg, loss_cfg), state_rng, mesh, example)
 
   with common.checkpointer(config, workdir, trainable) as ckpt, batches:
     result = loop.train(
-        loop.LoopConfig(num_steps=config.train.steps, log_every=config.train.log_every,
-                        output_dir=str(workdir), progress_bar=config.train.progress_bar),
-        state, train_step, batches, ckpt, mesh=mesh,
+        common.loop_config(config.train, workdir), state, train_step, batches, ckpt, mesh=mesh,
         learning_rate_fn=lambda s: optimizer.learning_rate_at(opt_cfg, s))
   params = result.state.params
 

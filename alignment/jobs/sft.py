@@ -15,19 +15,12 @@ import logging
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
-from alignment import lora as lora_lib
-from alignment import sharding
 from alignment.data import mixtures, pipeline
 from alignment.jobs import common
-from alignment.prompts import get_template
 from alignment.sampling import Sampler
-from alignment.training import distributed, loop, losses, optimizer
-from alignment.training import step as step_lib
-from alignment.training import train_state as train_state_lib
+from alignment.training import distributed, losses
 
 log = logging.getLogger(__name__)
 
@@ -90,14 +83,10 @@ def held_out_loss(eval_fn, params, batches, num_batches: int, mesh) -> float:
 
 
 def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  workdir, mesh = common.start(config)
-  rng = jax.random.key(config.seed)
-  init_rng, state_rng = jax.random.split(rng)
-  trainable = common.load_trainable(config, mesh, init_rng)
+  job = common.prepare(config, "sft")
+  workdir, mesh, trainable, template = job.workdir, job.mesh, job.trainable, job.template
+  (state_rng,) = job.rngs
   cfg, lcfg, tokenizer = trainable.model_config, trainable.lora, trainable.tokenizer
-  if tokenizer is None:
-    raise ValueError("sft needs a tokenizer: the checkpoint has none; set model.tokenizer")
-  template = get_template(config.data.template)
 
   train_examples, eval_examples, mixture_report = build_data(config)
   if distributed.is_primary():
@@ -110,17 +99,12 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   batches = pipeline.make_batches(train_examples, tokenizer, template, pipe)
   eval_pipe = dataclasses.replace(pipe, shuffle=False, num_epochs=1, packing=False)
 
-  opt_cfg = common.optimizer_config(config.train, trainable.frozen)
-  tx = optimizer.make_optimizer(opt_cfg)
-  state = common.new_state(trainable, tx, state_rng, mesh)
   example = next(iter(pipeline.make_batches(train_examples[:config.train.batch_size * 2],
                                             tokenizer, template,
                                             dataclasses.replace(pipe, num_epochs=1))))
-  compute_dtype = None if cfg.dtype == "float32" else cfg.dtype
-  train_step = step_lib.jit_train_step(
-      step_lib.make_train_step(make_loss_fn(cfg, lcfg), tx, compute_dtype),
-      train_state_lib.state_shardings_of(state), sharding.batch_shardings(mesh, example),
-      sharding.replicated(mesh))
+  opt_cfg, state, train_step = common.compile_training(config, trainable,
+                                                       make_loss_fn(cfg, lcfg), state_rng,
+                                                       mesh, example)
   eval_fn = make_eval_fn(cfg, lcfg)
   prompts = [p.strip() for p in config.eval.prompts.split("|") if p.strip()]
   merge = jax.jit(lambda p: common.merged_params(p, lcfg))
@@ -141,22 +125,13 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
     return record
 
   with common.checkpointer(config, workdir, trainable) as ckpt, batches:
-    result = loop.train(
-        loop.LoopConfig(num_steps=config.train.steps, log_every=config.train.log_every,
-                        output_dir=str(workdir), progress_bar=config.train.progress_bar),
-        state, train_step, batches, ckpt, mesh=mesh,
-        learning_rate_fn=lambda s: optimizer.learning_rate_at(opt_cfg, s),
-        hooks=[loop.Hook(config.eval.every, evaluate)])
+    result = common.train_with_evaluation(config, workdir, state, train_step, batches, ckpt,
+                                          mesh, opt_cfg, evaluate)
   final_state = result.state
-  if not history or history[-1]["step"] != int(final_state.step):
-    evaluate(int(final_state.step), final_state)
 
   outputs: dict[str, Any] = {}
   if distributed.is_primary():
-    if lcfg is not None:
-      lora_lib.save_adapters(workdir / "adapters.npz", jax.device_get(final_state.params["lora"]),
-                             lcfg)
-      outputs["adapters"] = str(workdir / "adapters.npz")
+    outputs.update(common.save_lora(workdir, final_state.params, lcfg))
     if config.export_merged:
       from alignment.checkpoints.huggingface import save_safetensors  # pylint: disable=import-outside-toplevel
       outputs["merged_model"] = str(save_safetensors(

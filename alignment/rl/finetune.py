@@ -33,6 +33,7 @@ class ExampleTrainer:
     if total_steps < 1:
       raise ValueError(f"total SFT steps must be >= 1, got {total_steps}")
     self.config, self.mesh, self.template = config, mesh, template
+    self.trainable = trainable  # which parameters a checkpoint leaves out (a LoRA run's base)
     self.cfg, self.lora, self.tokenizer = (trainable.model_config, trainable.lora,
                                            trainable.tokenizer)
     train = ml_collections.ConfigDict(config.train.to_dict())
@@ -66,10 +67,11 @@ class ExampleTrainer:
 
   def finished(self, directory: pathlib.Path, num_steps: int) -> bool:
     """Whether `directory` holds the checkpoint of step `num_steps` (then it is restored)."""
-    with common.checkpointer(self.config, directory) as ckpt:
+    with common.checkpointer(self.config, directory, self.trainable) as ckpt:
       if ckpt.latest_step() != num_steps:
         return False
-      restored = ckpt.restore_latest(checkpointing.abstract_like(self.state))
+      restored = ckpt.restore_latest(checkpointing.abstract_like(self.state),
+                                     skipped_from=self.state)
     self.state = restored.state
     return True
 
@@ -85,12 +87,10 @@ class ExampleTrainer:
     with pipeline.make_batches(examples[:pipe.batch_size * 2], self.tokenizer, self.template,
                                dataclasses.replace(pipe, num_epochs=1)) as first:
       train_step = self._train_step(next(first))
-    with common.checkpointer(self.config, directory) as ckpt, batches:
+    with common.checkpointer(self.config, directory, self.trainable) as ckpt, batches:
       result = loop.train(
-          loop.LoopConfig(num_steps=num_steps, log_every=self.config.train.log_every,
-                          output_dir=str(directory),
-                          progress_bar=self.config.train.progress_bar),
-          self.state, train_step, batches, ckpt, mesh=self.mesh,
+          common.loop_config(self.config.train, directory, num_steps), self.state, train_step,
+          batches, ckpt, mesh=self.mesh,
           learning_rate_fn=lambda s: optimizer.learning_rate_at(self.opt_cfg, s))
     self.state = result.state
     summary = dict(result.summary)

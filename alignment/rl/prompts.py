@@ -1,14 +1,15 @@
-"""Prompts for RL rollouts and a resumable iterator over them.
+"""Prompts for jobs that train on their own policy's answers (PPO, rejection sampling, context
+distillation), and a resumable iterator over them.
 
-Sources: instruction sets (Alpaca, the Self-Instruct seeds; instruction and input joined) and
-HH conversations (the opening human turn of single-turn transcripts, e.g. HH harmless's red-team
-prompts). The iterator's position (epoch, index) is what a checkpoint saves as the data state.
+Sources: instruction sets (Alpaca, the Self-Instruct seeds; instruction and input joined),
+evaluation sets (their prompts) and HH conversations (the human turn of one-turn transcripts,
+e.g. HH harmless's red-team requests). The iterator's position (epoch, index) is what a
+checkpoint saves as the data state.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,42 +18,72 @@ import numpy as np
 from alignment.data import sources as sources_lib
 from alignment.data.records import EvalPrompt, InstructionExample, PreferencePair
 
-_HUMAN = re.compile(r"\n\nHuman:")
+_HUMAN, _ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
 
 
 @dataclasses.dataclass(frozen=True)
 class RLPrompt:
   text: str
-  source: str
+  source: str  # the data source it came from (e.g. rewards that treat unsafe sources apart)
 
 
-def _prompt_of(record, source: str) -> str | None:
+def single_turn_request(pair: PreferencePair) -> str | None:
+  """The human's message of a one-turn HH prompt ("\\n\\nHuman: ...\\n\\nAssistant:"), else None."""
+  text = pair.prompt
+  if not text.startswith(_HUMAN) or not text.endswith(_ASSISTANT):
+    return None
+  body = text[len(_HUMAN):-len(_ASSISTANT)]
+  if _HUMAN in body or _ASSISTANT in body:
+    return None
+  return body.strip() or None
+
+
+def record_prompt(record, source: str = "") -> str | None:
+  """The request text of a record of any kind (None for multi-turn HH transcripts)."""
   if isinstance(record, InstructionExample):
     return f"{record.instruction}\n\n{record.input}" if record.input else record.instruction
-  if isinstance(record, PreferencePair):
-    if len(_HUMAN.findall(record.prompt)) != 1:  # multi-turn transcripts are skipped
-      return None
-    return record.prompt.split("\n\nHuman:", 1)[1].rsplit("\n\nAssistant:", 1)[0].strip()
   if isinstance(record, EvalPrompt):
     return record.prompt
-  raise TypeError(f"source {source!r}: records of type {type(record).__name__} are not prompts")
+  if isinstance(record, PreferencePair):
+    return single_turn_request(record)
+  raise ValueError(f"source {source!r}: cannot take a prompt from a {type(record).__name__}")
 
 
-def load_prompts(names: Sequence[str], data_dir: str | None, per_source: int, seed: int,
-                 ) -> list[RLPrompt]:
-  """Up to `per_source` prompts from each named source (a seeded random subset; 0 = all)."""
+def load_prompts(sources: str | Sequence[str], data_dir: str | None, seed: int,
+                 num_prompts: int = 0, per_source: int = 0) -> list[RLPrompt]:
+  """Distinct prompts from the named sources (a list or a comma-separated string), in a
+  random order drawn with `seed`.
+
+  per_source: at most this many from each source, a seeded random subset (0 = all).
+  num_prompts: exactly this many in all (0 = all); an error when the sources hold fewer.
+  """
+  names = [n.strip() for n in sources.split(",")] if isinstance(sources, str) else list(sources)
+  names = [n for n in names if n]
   if not names:
-    raise ValueError("prompts.sources is empty: name at least one data source")
-  out: list[RLPrompt] = []
+    raise ValueError("no prompt sources given: name one or more data sources")
+  if num_prompts < 0 or per_source < 0:
+    raise ValueError(f"num_prompts={num_prompts} and per_source={per_source} must be >= 0 "
+                     "(0 = all)")
+  prompts: list[RLPrompt] = []
+  seen: set[str] = set()
   for name in names:
-    texts = [t for t in (_prompt_of(r, name) for r in sources_lib.load(name, data_dir)) if t]
+    texts = []
+    for record in sources_lib.load(name, data_dir):
+      text = record_prompt(record, name)
+      if text and text.strip() and text not in seen:
+        seen.add(text)
+        texts.append(text)
     if not texts:
       raise ValueError(f"prompt source {name!r} yielded no usable prompts")
     if per_source and len(texts) > per_source:
       pick = np.random.default_rng(seed).choice(len(texts), per_source, replace=False)
       texts = [texts[i] for i in sorted(pick)]
-    out.extend(RLPrompt(t, name) for t in texts)
-  return out
+    prompts.extend(RLPrompt(t, name) for t in texts)
+  if num_prompts > len(prompts):
+    raise ValueError(f"num_prompts={num_prompts} but sources {names} hold only "
+                     f"{len(prompts)} distinct prompts")
+  order = np.random.default_rng(seed).permutation(len(prompts))
+  return [prompts[i] for i in order[:num_prompts or None]]
 
 
 class PromptIterator:
