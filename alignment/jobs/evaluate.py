@@ -205,24 +205,6 @@ def load_params(source: ModelSource):
   return cfg, params, tokenizer
 
 
-def skip_blank_answers(scorer: scorers.Scorer) -> scorers.Scorer:
-  """A reward-model scorer that gives blank answers None (does not apply).
-
-  A reward model rates a reply, and an empty one has none to rate (the RM's tokenization
-  rejects it); its refusal score still counts it, as a full refusal.
-  """
-
-  def score(records: Sequence[AnswerRecord]) -> list[float | None]:
-    keep = [i for i, r in enumerate(records) if r.answer.strip()]
-    values = scorer([records[i] for i in keep]) if keep else []
-    out: list[float | None] = [None] * len(records)
-    for i, v in zip(keep, values):
-      out[i] = v
-    return out
-
-  return score
-
-
 def build_scorers(scoring: ml_collections.ConfigDict) -> dict[str, scorers.Scorer]:
   """{name: scorer}: refusal, plus the reward-model scorers the config names."""
   named = {scorers.REFUSAL: scorers.get_scorer(scorers.REFUSAL)}
@@ -230,12 +212,13 @@ def build_scorers(scoring: ml_collections.ConfigDict) -> dict[str, scorers.Score
     return named
   # Imported here: the reward-model code is only needed when a config names one.
   from alignment.reward import scorer as rm_scorer  # pylint: disable=import-outside-toplevel
+  # Both give a blank answer None: there is no reply to rate (its refusal score counts it).
   if scoring.harmfulness_rm:
-    named[scorers.HARMFULNESS] = skip_blank_answers(rm_scorer.harmfulness_scorer(
-        scoring.harmfulness_rm, scoring.harmfulness_kind, scoring.batch_size))
+    named[scorers.HARMFULNESS] = rm_scorer.harmfulness_scorer(
+        scoring.harmfulness_rm, scoring.harmfulness_kind, scoring.batch_size)
   if scoring.helpfulness_rm:
-    named[scorers.HELPFULNESS] = skip_blank_answers(
-        rm_scorer.helpfulness_scorer(scoring.helpfulness_rm, scoring.batch_size))
+    named[scorers.HELPFULNESS] = rm_scorer.helpfulness_scorer(
+        scoring.helpfulness_rm, scoring.batch_size)
   return named
 
 

@@ -63,21 +63,27 @@ def model_flops_per_step(config: ModelConfig, batch_size: int, seq_len: int) -> 
   return per_token * batch_size * seq_len
 
 
-def compiled_flops(compiled: Any, num_devices: int) -> float | None:
-  """Total FLOPs of a compiled executable by XLA's cost analysis (None if unavailable).
-
-  For an SPMD program XLA analyses the per-device module, so it is scaled by the number of
-  devices (`num_devices`, the mesh size) the executable runs on.
-  """
+def _analysed_flops(stage: Any) -> float | None:
+  """FLOPs by XLA's cost analysis of a lowered or compiled program (None if unavailable)."""
   try:
-    analysis = compiled.cost_analysis()
+    analysis = stage.cost_analysis()
   except Exception:  # pylint: disable=broad-except  # some backends do not implement it
     return None
   if isinstance(analysis, (list, tuple)):
     analysis = analysis[0] if analysis else None
   if not analysis or "flops" not in analysis or analysis["flops"] <= 0:
     return None
-  return float(analysis["flops"]) * num_devices
+  return float(analysis["flops"])
+
+
+def compiled_flops(compiled: Any, num_devices: int) -> float | None:
+  """Total FLOPs of a compiled executable by XLA's cost analysis (None if unavailable).
+
+  For an SPMD program XLA analyses the per-device module, so it is scaled by the number of
+  devices (`num_devices`, the mesh size) the executable runs on.
+  """
+  flops = _analysed_flops(compiled)
+  return None if flops is None else flops * num_devices
 
 
 def lowered_flops(lowered: Any) -> float | None:
@@ -88,15 +94,7 @@ def lowered_flops(lowered: Any) -> float | None:
   recomputation (what MFU should count). It costs no compilation, which matters to a loop
   that would otherwise compile its step a second time just to count.
   """
-  try:
-    analysis = lowered.cost_analysis()
-  except Exception:  # pylint: disable=broad-except  # some backends do not implement it
-    return None
-  if isinstance(analysis, (list, tuple)):
-    analysis = analysis[0] if analysis else None
-  if not analysis or "flops" not in analysis or analysis["flops"] <= 0:
-    return None
-  return float(analysis["flops"])
+  return _analysed_flops(lowered)
 
 
 def mfu(flops_per_step: float | None, seconds_per_step: float, num_devices: int,
