@@ -26,6 +26,9 @@ def get_config(preset: str | None = "paper_270m") -> ml_collections.ConfigDict:
   c.seed = 0
   c.model = sections.model()
   c.lora = sections.lora(rank=8, alpha=16.0, dropout=0.05)
+  # True: x W + s (x A) B beside the frozen weights, no base weight gradient (a third fewer
+  # projection FLOPs); False merges A B into W each step, which ran faster on a 2-core CPU.
+  c.lora.unmerged = False
   c.data = ml_collections.ConfigDict(dict(
       base_source="alpaca", num_base=20_000, safety_source="safety_instructions",
       num_safety=0, safety_fraction=-1.0,  # >= 0 overrides num_safety
@@ -33,6 +36,7 @@ def get_config(preset: str | None = "paper_270m") -> ml_collections.ConfigDict:
       template="alpaca", system_prompt="", dedup=False, remove_eval_overlap=True,
       max_length=512, packing=True, eval_examples=200))
   c.train = sections.train(steps=1500, batch_size=32, learning_rate=3e-4, warmup_steps=50)
+  c.train.logits_chunk = 0  # > 0: loss over this many positions at a time (bounds logits memory)
   c.eval = ml_collections.ConfigDict(dict(
       every=250, batches=8,  # held-out loss every N steps over this many batches
       prompts=("Give three tips for staying healthy.|"

@@ -79,3 +79,35 @@ def test_sft_config_errors(tmp_path, tokenizer_path):
     sft.run(config)
   with pytest.raises(ValueError, match="unknown sft preset"):
     sft_config.get_config("huge")
+
+
+def test_unmerged_lora_and_chunked_loss_match_the_merged_full_logits_loss():
+  """The SFT loss options change how the loss is computed, never its value or gradient."""
+  from alignment.model import config as model_config
+  from alignment.model import transformer
+  cfg = model_config.get_config("tiny_gemma3")
+  lcfg = lora_lib.LoraConfig(rank=4, alpha=8.0)
+  base = transformer.init_params(cfg, jax.random.key(0))
+  adapters = lora_lib.init_adapters(cfg, lcfg, jax.random.key(1))
+  # B starts at zero; give it values so the adapters change the loss.
+  adapters = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(jax.random.key(2), x.shape),
+                          adapters)
+  params = {"base": base, "lora": adapters}
+  rng = np.random.default_rng(0)
+  tokens = rng.integers(0, cfg.vocab_size, size=(2, 24)).astype(np.int32)
+  loss_mask = np.ones_like(tokens)
+  loss_mask[:, :8] = 0  # prompt tokens are not targets
+  batch = {"tokens": tokens, "loss_mask": loss_mask}
+
+  def value_and_grad(**options):
+    loss_fn = sft.make_loss_fn(cfg, lcfg, **options)
+    (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, None)
+    return loss, grads
+
+  loss, grads = value_and_grad()
+  for options in (dict(unmerged=True), dict(logits_chunk=5), dict(unmerged=True, logits_chunk=7)):
+    other_loss, other_grads = value_and_grad(**options)
+    np.testing.assert_allclose(other_loss, loss, rtol=1e-5, err_msg=str(options))
+    for got, want in zip(jax.tree.leaves(other_grads["lora"]), jax.tree.leaves(grads["lora"])):
+      np.testing.assert_allclose(got, want, rtol=2e-4, atol=1e-6, err_msg=str(options))
+    assert all(not np.any(g) for g in jax.tree.leaves(other_grads["base"]))

@@ -17,6 +17,7 @@ from typing import Any
 import jax
 import ml_collections
 
+from alignment import lora as lora_lib
 from alignment.data import mixtures, pipeline
 from alignment.jobs import common
 from alignment.sampling import Sampler
@@ -49,10 +50,20 @@ def build_data(config: ml_collections.ConfigDict) -> tuple[list, list, dict]:
   return train, evaluation, dataclasses.asdict(report)
 
 
-def make_loss_fn(cfg, lcfg):
-  lm_loss = losses.language_model_loss(cfg)
+def make_loss_fn(cfg, lcfg, unmerged: bool = False, logits_chunk: int = 0):
+  """The SFT training loss over {"base", "lora"} params.
+
+  `unmerged`: LoRA as low-rank paths beside the frozen projections (x W + s (x A) B), so the
+  base gets no weight gradient; otherwise the adapters are merged into the weights first
+  (fewer, larger matmuls: faster on a CPU, see docs/PERFORMANCE.md). `logits_chunk` > 0
+  computes the cross-entropy that many positions at a time, never the full [B, T, V] logits.
+  """
+  lm_loss = losses.language_model_loss(cfg, logits_chunk or None)
 
   def loss_fn(params, batch, rng):
+    if unmerged and lcfg is not None:
+      paths = lora_lib.adapter_paths(params["lora"], lcfg, rng)
+      return lm_loss(jax.lax.stop_gradient(params["base"]), batch, rng, lora=paths)
     return lm_loss(common.merged_params(params, lcfg, rng), batch, rng)
 
   return loss_fn
@@ -102,8 +113,11 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   example = next(iter(pipeline.make_batches(train_examples[:config.train.batch_size * 2],
                                             tokenizer, template,
                                             dataclasses.replace(pipe, num_epochs=1))))
-  opt_cfg, state, train_step = common.compile_training(config, trainable,
-                                                       make_loss_fn(cfg, lcfg), state_rng,
+  if config.train.logits_chunk < 0:
+    raise ValueError(f"config.train.logits_chunk={config.train.logits_chunk} must be >= 0 "
+                     "(0 = the full logits)")
+  loss_fn = make_loss_fn(cfg, lcfg, config.lora.unmerged, config.train.logits_chunk)
+  opt_cfg, state, train_step = common.compile_training(config, trainable, loss_fn, state_rng,
                                                        mesh, example)
   eval_fn = make_eval_fn(cfg, lcfg)
   prompts = [p.strip() for p in config.eval.prompts.split("|") if p.strip()]
