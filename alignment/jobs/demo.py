@@ -6,6 +6,8 @@ tokenizer, data mixture, LoRA training, checkpoints, sampling, refusal detection
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import ml_collections
 
@@ -20,7 +22,8 @@ def _answers(cfg, params, tokenizer, template, prompts, max_new_tokens) -> list[
   return Sampler(cfg, params, tokenizer, template=template)(prompts, max_new_tokens).text
 
 
-def run(config: ml_collections.ConfigDict) -> None:
+def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """Prints and returns {"prompts", "kinds", "before", "after", "sft"} (answers per prompt)."""
   d = config.demo
   groups = {"unsafe": [p for p in d.unsafe_prompts.split("|") if p.strip()],
             "safe": [p for p in d.safe_prompts.split("|") if p.strip()]}
@@ -49,3 +52,5 @@ def run(config: ml_collections.ConfigDict) -> None:
         print(f"  {label:>6} [{verdict}]: {text}")
   print("=" * width)
   print(f"run directory: {config.workdir}")
+  kinds = ["unsafe"] * len(groups["unsafe"]) + ["safe"] * len(groups["safe"])
+  return {"prompts": prompts, "kinds": kinds, "before": before, "after": after, "sft": out}
