@@ -201,14 +201,10 @@ def bench_sampler(cfg, params: Any, batch_size: int, prompt_len: int, new_tokens
   ]
 
 
-def bench_ppo() -> dict[str, Any]:
-  """Where one PPO iteration's time split comes from (not measured by this entry)."""
-  import importlib.util  # pylint: disable=import-outside-toplevel
-  if importlib.util.find_spec("experiments.benchmarks.ppo_iteration") is not None:
-    return {"mode": "ppo", "status": "not available here: run `python -m experiments."
-                                     "benchmarks.ppo_iteration` for the generate / score / "
-                                     "train split of one PPO iteration"}
-  return {"mode": "ppo", "status": "not available (no PPO iteration benchmark exists)"}
+def bench_ppo(prompts: int, new_tokens: int) -> dict[str, Any]:
+  """One PPO iteration's generate / score / train split (the embedded 270M PPO demo setup)."""
+  from experiments.benchmarks import ppo_iteration  # pylint: disable=import-outside-toplevel
+  return ppo_iteration.measure(prompts, new_tokens, warm_iterations=1, log=lambda _: None)
 
 
 def environment() -> dict[str, Any]:

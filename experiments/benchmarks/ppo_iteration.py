@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 import jax
 import numpy as np
@@ -28,48 +29,71 @@ from alignment import sharding
 from alignment.jobs import ppo as ppo_job
 from configs import ppo as ppo_config
 
-_PROMPTS = flags.DEFINE_integer("prompts", 8, "Prompts per iteration (one sample each).")
-_NEW_TOKENS = flags.DEFINE_integer("new_tokens", 32, "Response token budget.")
-_WARM = flags.DEFINE_integer("warm_iterations", 2, "Timed iterations after the first.")
-_EPOCHS = flags.DEFINE_integer("epochs", 2, "PPO epochs per iteration.")
-_MINIBATCHES = flags.DEFINE_integer("minibatches", 2, "Mini-batches per epoch.")
-
-
-def main(_):
-  logging.getLogger("absl").setLevel(logging.WARNING)
+def measure(prompts: int = 8, new_tokens: int = 32, warm_iterations: int = 2, epochs: int = 2,
+            minibatches: int = 2, log=print) -> dict[str, Any]:
+  """One compiling iteration, then `warm_iterations` timed ones; their mean time split."""
   config = ppo_config.get_config("demo_270m")
-  config.rollout.update(prompts_per_iteration=_PROMPTS.value, max_new_tokens=_NEW_TOKENS.value)
-  config.ppo.update(epochs=_EPOCHS.value, num_minibatches=_MINIBATCHES.value)
-  config.train.iterations = 1 + _WARM.value
+  config.rollout.update(prompts_per_iteration=prompts, max_new_tokens=new_tokens)
+  config.ppo.update(epochs=epochs, num_minibatches=minibatches)
+  config.train.iterations = 1 + warm_iterations
   mesh = sharding.make_mesh(sharding.MeshConfig(-1, 1, 1))
-  trainer, state, prompts, kl_ctl = ppo_job.build(config, mesh)
+  trainer, state, prompt_batches, kl_ctl = ppo_job.build(config, mesh)
   rng = jax.random.key(0)
   rows = []
-  for it in range(1 + _WARM.value):
+  for it in range(1 + warm_iterations):
     t0 = time.perf_counter()
-    rollout = trainer.generate(state, next(prompts), jax.random.fold_in(rng, it))
+    rollout = trainer.generate(state, next(prompt_batches), jax.random.fold_in(rng, it))
     t1 = time.perf_counter()
     batch, metrics, _ = trainer.score(state, rollout, kl_ctl.value)
     t2 = time.perf_counter()
     state, _ = trainer.train(state, batch, jax.random.fold_in(rng, 1000 + it))
     t3 = time.perf_counter()
     tokens = int(rollout["batch"]["response_mask"].sum())
-    rows.append((t1 - t0, t2 - t1, t3 - t2, tokens, rollout["batch"]["tokens"].shape))
-    print(f"iteration {it + 1}{' (compiles)' if it == 0 else ''}: generate {t1 - t0:.2f} s, "
-          f"score {t2 - t1:.2f} s, train {t3 - t2:.2f} s; {tokens} tokens generated, "
-          f"reward {metrics['reward']:.3f}, kl {metrics['kl']:.3f}")
-  warm = np.array([r[:4] for r in rows[1:]]) if len(rows) > 1 else np.array([rows[0][:4]])
+    rows.append((t1 - t0, t2 - t1, t3 - t2, tokens))
+    shape = list(rollout["batch"]["tokens"].shape)
+    log(f"iteration {it + 1}{' (compiles)' if it == 0 else ''}: generate {t1 - t0:.2f} s, "
+        f"score {t2 - t1:.2f} s, train {t3 - t2:.2f} s; {tokens} tokens generated, "
+        f"reward {metrics['reward']:.3f}, kl {metrics['kl']:.3f}")
+  warm = np.array(rows[1:] if len(rows) > 1 else rows[:1], np.float64)
   gen, score, train, tokens = warm.mean(axis=0)
-  total = gen + score + train
-  budget = _PROMPTS.value * _NEW_TOKENS.value
-  print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}, "
-        f"batch [B, P+R] = {list(rows[-1][4])}, {_EPOCHS.value} epochs x "
-        f"{_MINIBATCHES.value} minibatches")
-  print(f"warm iteration: {total:.2f} s = generate {gen:.2f} s ({100 * gen / total:.0f}%) + "
-        f"score {score:.2f} s ({100 * score / total:.0f}%) + train {train:.2f} s "
-        f"({100 * train / total:.0f}%)")
-  print(f"rollout tokens/s: {tokens / gen:.1f} generated, {budget / gen:.1f} budget")
+  return {"mode": "ppo", "model": "gemma3_270m embedded (configs/ppo.py:demo_270m)",
+          "prompts": prompts, "new_tokens": new_tokens, "epochs": epochs,
+          "minibatches": minibatches, "batch_shape": shape,
+          "first_iteration_s": float(sum(rows[0][:3])), "generate_s": float(gen),
+          "score_s": float(score), "train_s": float(train),
+          "iteration_s": float(gen + score + train),
+          "rollout_tokens_per_s": float(tokens / gen),
+          "budget_tokens_per_s": float(prompts * new_tokens / gen)}
+
+
+def summary(row: dict[str, Any]) -> str:
+  """The time split as two lines of text."""
+  total = row["iteration_s"]
+  share = lambda key: f"{row[key]:.2f} s ({100 * row[key] / total:.0f}%)"
+  return (f"warm PPO iteration ({row['model']}; [B, P+R] = {row['batch_shape']}, "
+          f"{row['epochs']} epochs x {row['minibatches']} minibatches): {total:.2f} s = "
+          f"generate {share('generate_s')} + score {share('score_s')} + train "
+          f"{share('train_s')}\nrollout tokens/s: {row['rollout_tokens_per_s']:.1f} generated, "
+          f"{row['budget_tokens_per_s']:.1f} budget")
+
+
+def define_flags() -> None:
+  """Command-line flags, defined only when run as a program (run.py imports `measure`)."""
+  flags.DEFINE_integer("prompts", 8, "Prompts per iteration (one sample each).")
+  flags.DEFINE_integer("new_tokens", 32, "Response token budget.")
+  flags.DEFINE_integer("warm_iterations", 2, "Timed iterations after the first.")
+  flags.DEFINE_integer("epochs", 2, "PPO epochs per iteration.")
+  flags.DEFINE_integer("minibatches", 2, "Mini-batches per epoch.")
+
+
+def main(_):
+  logging.getLogger("absl").setLevel(logging.WARNING)
+  f = flags.FLAGS
+  row = measure(f.prompts, f.new_tokens, f.warm_iterations, f.epochs, f.minibatches)
+  print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}")
+  print(summary(row))
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -15,7 +15,9 @@ device's peak is unknown, e.g. CPU) and the compiled step's per-device memory. P
 decode time the sampler's compiled program (`generate_padded`): prefill = a call with a 1-token
 budget; decode = a call with 1 + new_tokens minus the prefill call. Decode also reports the
 bytes a step must read (all parameters + the allocated KV cache) and what fraction of the HBM
-bandwidth bound it reaches. Timings: one warm call, then the median of `steps` (train) or best
+bandwidth bound it reaches. `ppo` times one PPO iteration of the embedded 270M PPO demo setup
+(`ppo_iteration.py`; batch_size prompts x new_tokens) split into generate / score / train,
+whatever `--model` says. Timings: one warm call, then the median of `steps` (train) or best
 of `repeats`.
 
 Never run in CI: at real sizes it takes minutes; `tests/test_benchmarks.py` checks the
@@ -32,7 +34,7 @@ from absl import app, flags
 
 from alignment import lora as lora_lib
 from alignment.checkpoints.loading import load_model
-from experiments.benchmarks import accounting
+from experiments.benchmarks import accounting, ppo_iteration
 from experiments.benchmarks.measure import (SAMPLE_COLUMNS, TRAIN_COLUMNS, WHAT, bench_ppo,
                                             bench_sampler, bench_train, environment,
                                             model_section)
@@ -82,13 +84,13 @@ def main(argv: list[str]) -> None:
     sample_rows = [r for r in bench_sampler(sample_cfg, sample_params, b, t, _NEW.value,
                                             _REPEATS.value) if r["mode"] in _WHAT.value]
   if "ppo" in _WHAT.value:
-    other.append(bench_ppo())
+    other.append(bench_ppo(b, _NEW.value))
   if train_rows:
     print(accounting.format_table(train_rows, TRAIN_COLUMNS))
   if sample_rows:
     print(accounting.format_table(sample_rows, SAMPLE_COLUMNS))
   for row in other:
-    print(f"{row['mode']}: {row['status']}")
+    print(ppo_iteration.summary(row))
   result = {"environment": env, "model": _MODEL.value, "checkpoint": _CHECKPOINT.value,
             "dtype": _DTYPE.value, "train": train_rows, "sampling": sample_rows,
             "other": other}
