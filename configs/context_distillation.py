@@ -36,11 +36,8 @@ def get_config(preset: str | None = "default") -> ml_collections.ConfigDict:
   c.lora = sections.lora(rank=8, alpha=16.0)
   c.distill = ml_collections.ConfigDict(dict(
       preprompt=DEFAULT_PREPROMPT, reward="", reward_batch_size=8))
-  c.sampling = ml_collections.ConfigDict(dict(
-      temperature=0.7, top_k=0, top_p=0.95, max_new_tokens=128, batch_size=16))
-  c.data = ml_collections.ConfigDict(dict(
-      prompt_source="safety_instructions,hh_harmless",  # comma-separated prompt sources
-      num_prompts=512, template="alpaca", max_length=384, packing=True))
+  c.sampling = sections.sampling(temperature=0.7)
+  c.data = sections.prompt_data("safety_instructions,hh_harmless")
   c.train = sections.train(steps=200, batch_size=16, learning_rate=1e-4, warmup_steps=10)
   c.eval = ml_collections.ConfigDict(dict(num_prompts=64))  # held out; 0 = no refusal eval
   c.checkpoint = sections.checkpoint(every=100, keep=1)

@@ -34,11 +34,8 @@ def get_config(preset: str | None = "default") -> ml_collections.ConfigDict:
       rounds=3, num_samples=4,  # N rounds, K samples per prompt
       reward="runs/reward_helpfulness/reward_model", reward_batch_size=8,
       use_min_reward=False, min_reward=0.0))  # drop prompts whose best reward is below
-  c.sampling = ml_collections.ConfigDict(dict(
-      temperature=1.0, top_k=0, top_p=0.95, max_new_tokens=128, batch_size=16))
-  c.data = ml_collections.ConfigDict(dict(
-      prompt_source="alpaca,safety_instructions",  # comma-separated sources of prompts
-      num_prompts=512, template="alpaca", max_length=384, packing=True))
+  c.sampling = sections.sampling(temperature=1.0)
+  c.data = sections.prompt_data("alpaca,safety_instructions")
   c.train = sections.train(steps=100, batch_size=16, learning_rate=1e-4, warmup_steps=10)
   c.checkpoint = sections.checkpoint(every=100, keep=1)
   c.mesh = sections.mesh()

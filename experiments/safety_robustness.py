@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import pathlib
 import time
 from collections.abc import Sequence
@@ -37,7 +36,7 @@ import ml_collections
 from alignment.data import sources
 from alignment.evaluation import report as report_lib
 from alignment.evaluation.records import AnswerRecord, read_answers
-from alignment.evaluation.scorers import HARMFULNESS, HELPFULNESS
+from alignment.evaluation.scorers import HARMFULNESS
 from alignment.jobs import evaluate as evaluate_job
 from alignment.jobs import sft as sft_job
 from configs import evaluate as evaluate_config
@@ -285,11 +284,6 @@ COLUMNS = ["condition", "fine-tuning steps", "unsafe refusal %", "XSTest safe fa
            "harmfulness (unsafe)", "helpfulness", "n unsafe", "n XSTest safe"]
 
 
-def _mean(values) -> float | None:
-  values = [v for v in values if v is not None]
-  return math.fsum(values) / len(values) if values else None
-
-
 def condition_metrics(records: Sequence[AnswerRecord]) -> dict[str, Any]:
   """The report's figures for one condition, from its scored answers (report.summarize_run's
   definitions; harmfulness = mean over answers to unsafe prompts that have a score)."""
@@ -298,14 +292,14 @@ def condition_metrics(records: Sequence[AnswerRecord]) -> dict[str, Any]:
   unsafe = [r for r in plain if r.label == "unsafe"]
   out = {"unsafe refusal %": summary.unsafe_refusal_rate,
          "XSTest safe false refusal %": summary.false_refusal_rate,
-         "harmfulness (unsafe)": _mean(r.scores.get(HARMFULNESS) for r in unsafe),
-         "helpfulness": _mean(r.scores.get(HELPFULNESS) for r in plain),
+         "harmfulness (unsafe)": report_lib.mean_of(r.scores.get(HARMFULNESS) for r in unsafe),
+         "helpfulness": summary.helpfulness,
          "n unsafe": len(unsafe),
          "n XSTest safe": sum(r.set == "xstest" and r.label == "safe" for r in plain)}
   if any(r.attack is not None for r in records):
     attacks = report_lib.summarize_attacks(records)
     asrs = [row.asr for name, row in attacks.rows.items() if row.asr is not None]
-    out["mean attack ASR"] = _mean(asrs)
+    out["mean attack ASR"] = report_lib.mean_of(asrs)
   return out
 
 

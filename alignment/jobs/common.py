@@ -19,6 +19,7 @@ from alignment.checkpoints.loading import load_model
 from alignment.model.config import ModelConfig
 from alignment.prompts import get_template
 from alignment.prompts.templates import PromptTemplate
+from alignment.sampling import SamplingParams
 from alignment.training import checkpointing, distributed, loop, optimizer
 from alignment.training import step as step_lib
 from alignment.training import train_state as train_state_lib
@@ -66,10 +67,18 @@ class Trainable:
 def load_trainable(config: ml_collections.ConfigDict, mesh, rng: jax.Array,
                    extra_params: dict[str, Any] | None = None,
                    extra_axes: dict[str, Any] | None = None) -> Trainable:
-  """Loads the model named by `config.model`, adds adapters per `config.lora`, and places
-  everything on the mesh by the logical-axis rules."""
+  """Loads the model named by `config.model` and makes it trainable per `config.lora`."""
   cfg, base, tokenizer = load_model(config.model)
-  lcfg = lora_config(config.lora)
+  return make_trainable(cfg, base, tokenizer, lora_config(config.lora), mesh, rng,
+                        extra_params, extra_axes)
+
+
+def make_trainable(cfg: ModelConfig, base: Any, tokenizer: Any,
+                   lcfg: lora_lib.LoraConfig | None, mesh, rng: jax.Array,
+                   extra_params: dict[str, Any] | None = None,
+                   extra_axes: dict[str, Any] | None = None) -> Trainable:
+  """Adds adapters (if `lcfg`) and extra parameter trees to a decoder and places everything
+  on the mesh by the logical-axis rules."""
   params: dict[str, Any] = {"base": base, "lora": {}}
   shardings: dict[str, Any] = {"base": sharding.param_shardings(cfg, mesh), "lora": {}}
   if lcfg is not None:
@@ -82,6 +91,38 @@ def load_trainable(config: ml_collections.ConfigDict, mesh, rng: jax.Array,
         (extra_axes or {})[name], jax.eval_shape(lambda v=value: v), mesh)
   frozen = ("^base/",) if lcfg is not None else ()
   return Trainable(cfg, params, lcfg, tokenizer, frozen, shardings)
+
+
+def require_tokenizer(tokenizer: Any, model: ml_collections.ConfigDict | dict) -> Any:
+  """The tokenizer, or a clear error when the model section's checkpoint has none."""
+  if tokenizer is None:
+    raise ValueError(f"config.model: checkpoint {model.get('checkpoint')!r} comes without a "
+                     "tokenizer; set config.model.tokenizer to a SentencePiece .model file")
+  return tokenizer
+
+
+def template_or_none(name: str) -> PromptTemplate | None:
+  """The named prompt template, or None for 'none' (the raw prompt)."""
+  if name == "none":
+    return None
+  try:
+    return get_template(name)
+  except KeyError as e:
+    raise ValueError(f"config.template: {e.args[0]} (or 'none')") from None
+
+
+def sampling_config(config: ml_collections.ConfigDict) -> SamplingParams:
+  """SamplingParams from a config's temperature/top_k/top_p, after checking those and
+  max_new_tokens / batch_size (where the config has them) with errors naming the field."""
+  try:
+    sampling = SamplingParams(temperature=config.temperature, top_k=config.top_k,
+                              top_p=config.top_p)
+  except ValueError as e:
+    raise ValueError(f"config: {e}") from None
+  for field in ("max_new_tokens", "batch_size"):
+    if field in config and config[field] < 1:
+      raise ValueError(f"config.{field}: must be >= 1 (got {config[field]})")
+  return sampling
 
 
 @dataclasses.dataclass

@@ -40,7 +40,8 @@ from alignment.data.records import EvalPrompt
 from alignment.evaluation import attacks as attacks_lib
 from alignment.evaluation import generation, report, scorers
 from alignment.evaluation.records import AnswerRecord, write_answers
-from alignment.prompts.templates import PromptTemplate, get_template
+from alignment.jobs import common
+from alignment.prompts.templates import PromptTemplate
 from alignment.sampling import Sampler, SamplingParams
 
 log = logging.getLogger(__name__)
@@ -119,15 +120,6 @@ def template_name(config: ml_collections.ConfigDict, source: ModelSource) -> str
   return run_template or "alpaca"
 
 
-def _template(name: str) -> PromptTemplate | None:
-  if name == "none":
-    return None
-  try:
-    return get_template(name)
-  except KeyError as e:
-    raise ValueError(f"config.template: {e.args[0]} (or 'none')") from None
-
-
 @dataclasses.dataclass(frozen=True)
 class ModelSource:
   """What to load: a model section and an optional adapters file (resolved from run_dir)."""
@@ -193,9 +185,7 @@ def quantize(params, scheme: str):
 def load_params(source: ModelSource):
   """(ModelConfig, decoder params with adapters merged, tokenizer)."""
   cfg, params, tokenizer = load_model(ml_collections.ConfigDict(source.model))
-  if tokenizer is None:
-    raise ValueError(f"model checkpoint {source.model.get('checkpoint')!r} comes without a "
-                     "tokenizer; set model.tokenizer to a SentencePiece .model file")
+  common.require_tokenizer(tokenizer, source.model)
   if source.adapters:
     try:
       adapters, lcfg = lora_lib.load_adapters(source.adapters, cfg)
@@ -264,15 +254,8 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   # Everything cheap is checked before the slow model load.
   names = parse_sets(config.sets)
   if config.template:
-    _template(config.template)  # a misspelt name fails before anything else
-  try:
-    sampling = SamplingParams(temperature=config.temperature, top_k=config.top_k,
-                              top_p=config.top_p)
-  except ValueError as e:
-    raise ValueError(f"config: {e}") from None
-  if config.max_new_tokens < 1 or config.batch_size < 1:
-    raise ValueError(f"config: max_new_tokens ({config.max_new_tokens}) and batch_size "
-                     f"({config.batch_size}) must be >= 1")
+    common.template_or_none(config.template)  # a misspelt name fails before anything else
+  sampling = common.sampling_config(config)
   if config.scoring.harmfulness_kind not in ("probability", "negative_reward"):
     raise ValueError(f"config.scoring.harmfulness_kind: unknown kind "
                      f"{config.scoring.harmfulness_kind!r}; expected 'probability' or "
@@ -289,7 +272,7 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   prompts = load_prompts(names, data_dir, config.max_prompts_per_set)
   targets = attacked_prompts(prompts, attack_sets) if vectors else []
   source = resolve_model(config)
-  template = _template(template_name(config, source))
+  template = common.template_or_none(template_name(config, source))
   if source.adapters and not pathlib.Path(source.adapters).is_file():
     raise FileNotFoundError(f"config.adapters: no LoRA adapter file at {source.adapters}")
 

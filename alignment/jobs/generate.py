@@ -9,32 +9,17 @@ import ml_collections
 from absl import logging
 
 from alignment.checkpoints.loading import load_model
-from alignment.prompts.templates import PromptTemplate, get_template
-from alignment.sampling import Sampler, SamplingParams
-
-
-def _template(name: str) -> PromptTemplate | None:
-  if name == "none":
-    return None
-  try:
-    return get_template(name)
-  except KeyError as e:
-    raise ValueError(f"config.template: {e.args[0]} (or 'none')") from None
+from alignment.jobs import common
+from alignment.sampling import Sampler
 
 
 def run(config: ml_collections.ConfigDict) -> None:
   # Validate the cheap fields before the slow load.
-  try:
-    sampling = SamplingParams(temperature=config.temperature, top_k=config.top_k,
-                              top_p=config.top_p)
-  except ValueError as e:
-    raise ValueError(f"config: {e}") from None
-  template = _template(config.template)
+  sampling = common.sampling_config(config)
+  template = common.template_or_none(config.template)
   start = time.perf_counter()
   cfg, params, tokenizer = load_model(config.model)
-  if tokenizer is None:
-    raise ValueError(f"config.model: checkpoint {config.model.checkpoint!r} comes without a "
-                     "tokenizer; set config.model.tokenizer to a SentencePiece .model file")
+  common.require_tokenizer(tokenizer, config.model)
   logging.info("loaded %s in %.1f s", config.model.checkpoint, time.perf_counter() - start)
   sampler = Sampler(cfg, params, tokenizer, template=template)
   start = time.perf_counter()

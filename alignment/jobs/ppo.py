@@ -23,6 +23,7 @@ import numpy as np
 
 from alignment import lora as lora_lib
 from alignment import sharding
+from alignment.data import batching
 from alignment.jobs import common
 from alignment.prompts import get_template
 from alignment.rl import kl as kl_lib
@@ -61,15 +62,6 @@ def tokenized_prompts(config, tokenizer, template) -> list[tuple[prompts_lib.RLP
                      f"rollout.max_prompt_length={config.rollout.max_prompt_length}; need at "
                      f"least rollout.prompts_per_iteration={config.rollout.prompts_per_iteration}")
   return kept
-
-
-def left_pad(rows: list[list[int]], length: int) -> tuple[np.ndarray, np.ndarray]:
-  tokens = np.zeros((len(rows), length), np.int32)
-  mask = np.zeros((len(rows), length), bool)
-  for i, ids in enumerate(rows):
-    tokens[i, length - len(ids):] = ids
-    mask[i, length - len(ids):] = True
-  return tokens, mask
 
 
 def rollout_batch(prompt_tokens: np.ndarray, prompt_mask: np.ndarray, response: np.ndarray,
@@ -158,7 +150,8 @@ class PPOTrainer:
     group = self.config.rollout.samples_per_prompt
     rows = [ids for _, ids in prompts for _ in range(group)]
     length = bucket_size(max(len(r) for r in rows), 16, fine=True)
-    prompt_tokens, prompt_mask = left_pad(rows, length)
+    padded = batching.left_pad_prompts(rows, buckets=(length,))
+    prompt_tokens, prompt_mask = padded["tokens"], padded["input_mask"]
     out = generate(self.model_config, self.decoder(state.params), prompt_tokens, prompt_mask,
                    rng, self.config.rollout.max_new_tokens, self.sampling, self.stop_ids,
                    max(self.tokenizer.pad_id, 0), return_logprobs=True)

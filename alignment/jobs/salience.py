@@ -15,6 +15,7 @@ from absl import logging
 from alignment.checkpoints.loading import load_model
 from alignment.interpret import render
 from alignment.interpret.salience import SalienceResult, prompt_salience
+from alignment.jobs import common
 from alignment.prompts.library import resolve_template
 from alignment.sampling import Sampler, SamplingParams
 
@@ -35,9 +36,7 @@ def run(config: ml_collections.ConfigDict) -> SalienceResult:
                                                                  label=config.label or None)
   start = time.perf_counter()
   cfg, params, tokenizer = load_model(config.model)
-  if tokenizer is None:
-    raise ValueError(f"config.model: checkpoint {config.model.checkpoint!r} comes without a "
-                     "tokenizer; set config.model.tokenizer")
+  common.require_tokenizer(tokenizer, config.model)
   logging.info("loaded %s in %.1f s", config.model.checkpoint, time.perf_counter() - start)
   target = config.target
   if not target:

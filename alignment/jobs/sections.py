@@ -33,6 +33,19 @@ def train(steps: int = 1000, batch_size: int = 16, learning_rate: float = 2e-4,
       grad_accum_steps=1, log_every=10, progress_bar=True))
 
 
+def sampling(temperature: float) -> ml_collections.ConfigDict:
+  """How a job that trains on its own samples (rejection sampling, distillation) draws them."""
+  return ml_collections.ConfigDict(dict(
+      temperature=temperature, top_k=0, top_p=0.95, max_new_tokens=128, batch_size=16))
+
+
+def prompt_data(prompt_source: str) -> ml_collections.ConfigDict:
+  """Prompts to sample from (comma-separated sources) and how the samples become SFT rows."""
+  return ml_collections.ConfigDict(dict(
+      prompt_source=prompt_source, num_prompts=512, template="alpaca", max_length=384,
+      packing=True))
+
+
 def mesh(data: int = -1, fsdp: int = 1, tensor: int = 1) -> ml_collections.ConfigDict:
   """Parallelism degrees over all devices of all hosts; one may be -1 (the rest)."""
   return ml_collections.ConfigDict(dict(data=data, fsdp=fsdp, tensor=tensor))

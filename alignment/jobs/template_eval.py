@@ -31,7 +31,7 @@ import ml_collections
 from alignment.data.records import EvalPrompt
 from alignment.evaluation import generation, report, scorers
 from alignment.evaluation.records import AnswerRecord, write_answers
-from alignment.jobs import evaluate
+from alignment.jobs import common, evaluate
 from alignment.prompts.library import DynamicTemplate, Template, resolve_template, template_texts
 from alignment.sampling import Sampler, SamplingParams
 
@@ -116,14 +116,7 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
     raise ValueError(f"config.template/baseline: {e.args[0]}") from None
   if templates["template"] is None:
     raise ValueError("config.template: 'none' leaves nothing to evaluate; name a template")
-  try:
-    sampling = SamplingParams(temperature=config.temperature, top_k=config.top_k,
-                              top_p=config.top_p)
-  except ValueError as e:
-    raise ValueError(f"config: {e}") from None
-  if config.max_new_tokens < 1 or config.batch_size < 1:
-    raise ValueError(f"config: max_new_tokens ({config.max_new_tokens}) and batch_size "
-                     f"({config.batch_size}) must be >= 1")
+  sampling = common.sampling_config(config)
   prompts = evaluate.load_prompts(names, config.get("data_dir") or None,
                                   config.max_prompts_per_set)
   check_held_out(templates["template"], names, prompts, config.template)

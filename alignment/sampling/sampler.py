@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from alignment.data import batching
 from alignment.model import layers
 from alignment.model.config import ModelConfig
 from alignment.model.masks import causal_mask, positions_from_mask
@@ -322,13 +323,8 @@ class Sampler:
   def encode(self, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """Left-padded [B, T] ids (with <bos>) and mask."""
     ids = [self.tokenizer.encode(self.format(p), add_bos=True) for p in prompts]
-    length = max(len(x) for x in ids)
-    tokens = np.zeros((len(ids), length), np.int32)
-    mask = np.zeros((len(ids), length), bool)
-    for row, x in enumerate(ids):
-      tokens[row, length - len(x):] = x
-      mask[row, length - len(x):] = True
-    return tokens, mask
+    batch = batching.left_pad_prompts(ids)
+    return batch["tokens"], batch["input_mask"]
 
   def __call__(self, prompts: Sequence[str] | str, max_new_tokens: int,
                sampling: SamplingParams = SamplingParams(), rng: Array | None = None,

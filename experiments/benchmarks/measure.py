@@ -73,16 +73,9 @@ def build_train(cfg, base: Any, lcfg: lora_lib.LoraConfig | None, batch: dict,
   `loss_fn(params, batch, rng)` defaults to the SFT job's loss.
   """
   rng = jax.random.key(0)
-  params: dict[str, Any] = {"base": base, "lora": {}}
-  shardings: dict[str, Any] = {"base": sharding.param_shardings(cfg, mesh), "lora": {}}
-  if lcfg is not None:
-    params["lora"] = lora_lib.init_adapters(cfg, lcfg, rng)
-    shardings["lora"] = sharding.logical_to_shardings(
-        lora_lib.adapter_logical_axes(cfg, lcfg), jax.eval_shape(lambda: params["lora"]), mesh)
-  frozen = ("^base/",) if lcfg is not None else ()
-  trainable = common.Trainable(cfg, params, lcfg, None, frozen, shardings)
-  tx = optimizer.make_optimizer(optimizer.OptimizerConfig(learning_rate=1e-5,
-                                                          schedule="constant", frozen=frozen))
+  trainable = common.make_trainable(cfg, base, None, lcfg, mesh, rng)
+  tx = optimizer.make_optimizer(optimizer.OptimizerConfig(
+      learning_rate=1e-5, schedule="constant", frozen=trainable.frozen))
   state = common.new_state(trainable, tx, rng, mesh)
   compute_dtype = None if cfg.dtype == "float32" else cfg.dtype
   step = step_lib.jit_train_step(
