@@ -17,6 +17,7 @@ after an int8/int4 round trip.
 Presets:
   default  every set in full (the paper's seven sets + XSTest v2), 256 new tokens, greedy.
   quick    3 prompts per set, 24 new tokens: a few-minute smoke run of the 270M on a CPU.
+  laptop   30 prompts per paper set (seeded draw) + all of XSTest v2, 40 new tokens.
   tiny     random tiny model (tests set model.tokenizer), 2 prompts per set, 4 new tokens.
 """
 
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from alignment.data.sources import PAPER_EVAL_SOURCES
+from alignment.data.sources import EVAL_SOURCES, PAPER_EVAL_SOURCES
 from alignment.jobs import sections
 
 DEFAULT_SETS = ",".join((*PAPER_EVAL_SOURCES, "xstest"))
@@ -40,7 +41,10 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   c.adapters = ""  # a LoRA adapters .npz applied on top of `model` ('' = none)
   c.run_dir = ""  # an SFT run directory: its config.json's model + its adapters.npz
   c.sets = DEFAULT_SETS  # comma-separated evaluation source names
-  c.max_prompts_per_set = 0  # 0 = all; otherwise the first N of each set
+  c.max_prompts_per_set = 0  # 0 = all; otherwise N of each set (the first N, or see sample_seed)
+  # Per-set overrides of max_prompts_per_set: -1 = max_prompts_per_set, 0 = all, N = N.
+  c.limits = ml_collections.ConfigDict({name: -1 for name in EVAL_SOURCES})
+  c.sample_seed = -1  # >= 0: each set's N prompts are a random subset drawn with this seed
   c.template = ""  # "" = the SFT run's template (run_dir), else alpaca (the paper's); or "none"
   c.max_new_tokens = 256
   c.batch_size = 32
@@ -68,6 +72,14 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     c.max_prompts_per_set = 3
     c.max_new_tokens = 24
     c.batch_size = 8
+  elif preset == "laptop":
+    # The laptop reproduction's evaluation: 30 prompts of each paper set (a fixed random draw),
+    # all 450 XSTest v2 prompts, 40 greedy tokens; ~4 min for the 270M on a 2-core CPU.
+    c.workdir = "runs/stl_laptop/eval"
+    c.max_prompts_per_set = 30
+    c.limits.xstest = 0
+    c.sample_seed = 0
+    c.max_new_tokens = 40
   elif preset == "tiny":
     c.workdir = "runs/evaluate_tiny"
     c.model = sections.model(checkpoint="random", preset="tiny_gemma3")
@@ -75,5 +87,5 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     c.max_new_tokens = 4
     c.batch_size = 4
   else:
-    raise ValueError(f"unknown evaluate preset {preset!r}; known: quick, tiny (or none)")
+    raise ValueError(f"unknown evaluate preset {preset!r}; known: quick, laptop, tiny (or none)")
   return c

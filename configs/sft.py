@@ -8,6 +8,7 @@ Presets:
   gemma_2b    the same recipe on a Gemma 2B-sized model (accelerators; model.checkpoint=path).
   gemma_7b    the same on Gemma 7B (accelerators; FSDP over the mesh).
   demo        a few-minute CPU run: 270M, LoRA, a small safety-heavy mixture.
+  laptop      one point of the laptop reproduction grid (250 Alpaca + K, 56 steps).
   tiny        random tiny model on a small mixture (tests).
 """
 
@@ -70,6 +71,18 @@ def get_config(preset: str | None = "paper_270m") -> ml_collections.ConfigDict:
     c.train.update(steps=24, batch_size=2, learning_rate=2e-3, warmup_steps=2, log_every=4)
     c.eval.update(every=1000, batches=0, prompts="")
     c.checkpoint.every = 12
+  elif preset == "laptop":
+    # One point of the laptop reproduction (experiments/reproduce_safety_tuned_llamas.py
+    # --preset=laptop): 250 Alpaca + K safety examples, about one epoch in 56 steps of 2 packed
+    # rows of 256 tokens, ~5 min on a quiet 2-core CPU; held-out loss on 64 Alpaca examples.
+    c.workdir = "runs/stl_laptop/sft"
+    c.data.num_base = 250
+    c.data.max_length = 256
+    c.data.eval_examples = 64
+    c.train.update(steps=56, batch_size=2, learning_rate=1e-3, warmup_steps=4, log_every=8,
+                   progress_bar=False)
+    c.eval.update(every=10_000, batches=32, prompts="")
+    c.checkpoint.every = 28
   elif preset == "tiny":
     c.workdir = "runs/tiny_sft"
     c.model = sections.model(checkpoint="random", preset="tiny_gemma3")
@@ -84,5 +97,5 @@ def get_config(preset: str | None = "paper_270m") -> ml_collections.ConfigDict:
     c.checkpoint.every = 3
   else:
     raise ValueError(f"unknown sft preset {preset!r}; known: paper_270m, gemma_2b, gemma_7b, "
-                     "demo, tiny")
+                     "demo, laptop, tiny")
   return c

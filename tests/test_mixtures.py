@@ -84,11 +84,13 @@ def test_paper_mixture_counts(pools, data_dir):
   assert len(examples) == 20_100
   assert collections.Counter(ex.source for ex in examples) == {"alpaca": 20_000,
                                                                "safety_instructions": 100}
-  assert (report.num_base, report.num_safety, report.base_available) == (20_000, 100, 52_002)
+  # Alpaca's 28 records with an empty output are dropped before sampling.
+  assert (report.num_base, report.num_safety, report.base_available) == (20_000, 100, 51_974)
   assert report.safety_fraction == pytest.approx(100 / 20_100)
   assert report.sha256 == hashlib.sha256(
       mixtures.serialize(examples, "alpaca")).hexdigest()
-  assert "20000 of 52002" in report.to_markdown()
+  assert "20000 of 51974" in report.to_markdown()
+  assert "hygiene base/empty_output: 52002 -> 51974" in report.to_markdown()
 
 
 def test_same_seed_same_bytes_other_seed_other_mixture(pools, data_dir):
@@ -166,10 +168,11 @@ def test_templates_and_system_prompt(pools, data_dir):
 def test_hygiene_before_sampling(pools, data_dir):
   examples, report = _build(pools, data_dir, num_base=1000, num_safety=100,
                             remove_eval_overlap=True, eval_sources=("i_alpaca",))
-  (base_step,) = [h for h in report.hygiene if h["pool"] == "base"]
+  (base_step,) = [h for h in report.hygiene
+                  if h["pool"] == "base" and h["step"] != "empty_output"]
   assert base_step["step"] == "eval_overlap"
   assert base_step["removed"] == 50  # every I-Alpaca prompt is in Alpaca
-  assert report.base_available == 52_002 - 50
+  assert report.base_available == 52_002 - 28 - 50
   i_alpaca = {p.prompt for p in sources.load("i_alpaca", data_dir)}
   assert not any(x.instruction in i_alpaca for x in examples)
   assert len(examples) == 1100

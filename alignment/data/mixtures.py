@@ -152,6 +152,20 @@ def _clean_pool(pool: list[InstructionExample], name: str, cfg: MixtureConfig, e
   return kept
 
 
+def drop_empty_outputs(pool: list[InstructionExample], name: str,
+                       log: list[dict[str, Any]]) -> list[InstructionExample]:
+  """The pool without records whose output is blank (nothing to train on), counted in `log`.
+
+  Always applied, before sampling, so N and K stay exact: Alpaca has 28 such records and a
+  20k sample would otherwise draw one and stop the run at tokenization.
+  """
+  kept = [ex for ex in pool if ex.output.strip()]
+  if len(kept) != len(pool):
+    log.append({"pool": name, "step": "empty_output", "before": len(pool),
+                "after": len(kept), "removed": len(pool) - len(kept)})
+  return kept
+
+
 def build_mixture(cfg: MixtureConfig, data_dir: str | os.PathLike | None = None, *,
                   pools: dict[str, Sequence[Any]] | None = None
                   ) -> tuple[list[InstructionExample], MixtureReport]:
@@ -165,9 +179,9 @@ def build_mixture(cfg: MixtureConfig, data_dir: str | os.PathLike | None = None,
   def load(name: str) -> list[Any]:
     return list(pools[name]) if name in pools else sources.load(name, data_dir)
 
-  base_pool = load(cfg.base_source)
-  safety_pool = load(cfg.safety_source)
   hygiene_log: list[dict[str, Any]] = []
+  base_pool = drop_empty_outputs(load(cfg.base_source), "base", hygiene_log)
+  safety_pool = drop_empty_outputs(load(cfg.safety_source), "safety", hygiene_log)
   if cfg.dedup or cfg.remove_eval_overlap:
     evals = ([ep for name in cfg.eval_sources for ep in load(name)]
              if cfg.remove_eval_overlap else [])

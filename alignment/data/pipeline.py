@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import grain
+import numpy as np
 
 from alignment.data import batching, packing
 from alignment.data import tokenize as tok
@@ -113,6 +114,21 @@ def _pair_epochs(pairs: Sequence[tok.Pair], config: PipelineConfig, pad_id: int)
                        ).to_iter_dataset(_read_options(config))
 
   return make_epoch
+
+
+def example_sft_batch(config: PipelineConfig) -> batching.Batch:
+  """Zeros shaped like this host's SFT batches at the longest bucket (keys, dtypes, shapes).
+
+  What compiling a step needs before any data is read; unlike a batch built from the first
+  few examples, it exists however few rows packing folds them into.
+  """
+  config = config.validated()
+  rows = batching.host_rows(config.batch_size, config.shard_index, config.shard_count)
+  b = len(range(config.batch_size)[rows])
+  shape = (b, max(config.buckets))
+  return {"tokens": np.zeros(shape, np.int32), "positions": np.zeros(shape, np.int32),
+          "segment_ids": np.zeros(shape, np.int32), "loss_mask": np.zeros(shape, np.float32),
+          "input_mask": np.zeros(shape, bool)}
 
 
 def tokenize_records(records: Sequence[Any], tokenizer: Tokenizer,

@@ -27,11 +27,13 @@ import json
 import logging
 import pathlib
 import time
-from collections.abc import Sequence
+import zlib
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 
 from alignment import lora as lora_lib
 from alignment.checkpoints.loading import load_model
@@ -102,13 +104,28 @@ def attacked_prompts(prompts: Sequence[EvalPrompt], attack_sets: Sequence[str]
   return out
 
 
-def load_prompts(names: Sequence[str], data_dir: str | None,
-                 max_per_set: int = 0) -> list[EvalPrompt]:
-  """The prompts of each named set, in set order; the first `max_per_set` of each if > 0."""
+def load_prompts(names: Sequence[str], data_dir: str | None, max_per_set: int = 0,
+                 limits: Mapping[str, int] | None = None, sample_seed: int = -1
+                 ) -> list[EvalPrompt]:
+  """The prompts of each named set, in set order.
+
+  A set keeps at most `limits[name]` prompts (-1 or absent: `max_per_set`; 0: all): the first
+  ones, or with `sample_seed` >= 0 a random subset drawn with that seed (and the set's name,
+  so sets draw independently), kept in set order. The draw does not depend on the model, so
+  every run of a sweep answers the same prompts.
+  """
   out = []
   for name in names:
     prompts = sources.load(name, data_dir)
-    out += prompts[:max_per_set] if max_per_set > 0 else prompts
+    limit = (limits or {}).get(name, -1)
+    limit = max_per_set if limit < 0 else limit
+    if 0 < limit < len(prompts):
+      if sample_seed >= 0:
+        rng = np.random.default_rng([sample_seed, zlib.crc32(name.encode())])
+        prompts = [prompts[i] for i in sorted(rng.choice(len(prompts), limit, replace=False))]
+      else:
+        prompts = prompts[:limit]
+    out += prompts
   return out
 
 
@@ -253,6 +270,10 @@ def answer_attacks(cfg, params, tokenizer, template: PromptTemplate | None,
 def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   # Everything cheap is checked before the slow model load.
   names = parse_sets(config.sets)
+  for name, limit in config.limits.items():
+    if limit < -1:
+      raise ValueError(f"config.limits.{name}={limit}: use -1 (max_prompts_per_set), 0 (all) "
+                       "or a positive count")
   if config.template:
     common.template_or_none(config.template)  # a misspelt name fails before anything else
   sampling = common.sampling_config(config)
@@ -269,7 +290,8 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
                               "(no reward_model.json; the reward job writes <workdir>/"
                               "reward_model)")
   data_dir = config.get("data_dir") or None
-  prompts = load_prompts(names, data_dir, config.max_prompts_per_set)
+  prompts = load_prompts(names, data_dir, config.max_prompts_per_set, dict(config.limits),
+                         config.sample_seed)
   targets = attacked_prompts(prompts, attack_sets) if vectors else []
   source = resolve_model(config)
   template = common.template_or_none(template_name(config, source))

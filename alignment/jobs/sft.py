@@ -10,6 +10,7 @@ can tell a finished run).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 from typing import Any
@@ -30,7 +31,9 @@ def build_data(config: ml_collections.ConfigDict) -> tuple[list, list, dict]:
   """(train examples, held-out examples, mixture report) for `config.data`.
 
   The held-out examples are extra base examples drawn with the mixture, so N and K of the
-  training mixture stay exactly as configured.
+  training mixture stay exactly as configured. They are chosen by a hash of their text, not
+  by position in the shuffled mixture, so with one seed every K holds out the same examples
+  (held-out loss is then comparable across K).
   """
   d = config.data
   held_out = d.eval_examples
@@ -42,12 +45,18 @@ def build_data(config: ml_collections.ConfigDict) -> tuple[list, list, dict]:
       seed=config.seed, dedup=d.dedup, remove_eval_overlap=d.remove_eval_overlap)
   examples, report = mixtures.build_mixture(mix_cfg, common.data_dir(config))
   base_positions = [i for i, e in enumerate(examples) if e.source == d.base_source]
+  base_positions.sort(key=lambda i: _text_digest(examples[i]))
   eval_index = set(base_positions[:held_out])
   train = [e for i, e in enumerate(examples) if i not in eval_index]
-  evaluation = [examples[i] for i in sorted(eval_index)]
+  evaluation = [examples[i] for i in base_positions[:held_out]]
   if not train:
     raise ValueError("the training mixture is empty: set data.num_base or data.num_safety > 0")
   return train, evaluation, dataclasses.asdict(report)
+
+
+def _text_digest(example) -> str:
+  text = "\x1f".join((example.instruction, example.input, example.output))
+  return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def make_loss_fn(cfg, lcfg, unmerged: bool = False, logits_chunk: int = 0):
@@ -110,9 +119,7 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   batches = pipeline.make_batches(train_examples, tokenizer, template, pipe)
   eval_pipe = dataclasses.replace(pipe, shuffle=False, num_epochs=1, packing=False)
 
-  example = next(iter(pipeline.make_batches(train_examples[:config.train.batch_size * 2],
-                                            tokenizer, template,
-                                            dataclasses.replace(pipe, num_epochs=1))))
+  example = pipeline.example_sft_batch(pipe)
   if config.train.logits_chunk < 0:
     raise ValueError(f"config.train.logits_chunk={config.train.logits_chunk} must be >= 0 "
                      "(0 = the full logits)")

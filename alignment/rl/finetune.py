@@ -84,9 +84,7 @@ class ExampleTrainer:
                        "train.batch_size")
     pipe = self.pipeline_config()
     batches = pipeline.make_batches(examples, self.tokenizer, self.template, pipe)
-    with pipeline.make_batches(examples[:pipe.batch_size * 2], self.tokenizer, self.template,
-                               dataclasses.replace(pipe, num_epochs=1)) as first:
-      train_step = self._train_step(next(first))
+    train_step = self._train_step(pipeline.example_sft_batch(pipe))
     with common.checkpointer(self.config, directory, self.trainable) as ckpt, batches:
       result = loop.train(
           common.loop_config(self.config.train, directory, num_steps), self.state, train_step,
