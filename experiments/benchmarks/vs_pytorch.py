@@ -1,10 +1,13 @@
 """This codebase against the PyTorch stack (transformers + peft) on the same machine and shapes.
 
   python -m experiments.benchmarks.vs_pytorch --model=gemma3_270m --batch_size=2 --seq_len=128 \
-      [--new_tokens=32] [--steps=3] [--lora_rank=8] [--output=vs_pytorch.json]
+      [--new_tokens=32] [--steps=3] [--lora_rank=8] [--dtype=float32] [--output=vs_pytorch.json]
 
 Both sides get the same random weights (initialised here, exported with `save_safetensors`,
-loaded by `transformers`), float32, and the same work:
+loaded by `transformers`), float32 by default, and the same work. `--dtype=bfloat16`: the
+PyTorch model is loaded in bf16 (peft keeps its adapters in float32); the JAX side trains
+with float32 master weights and bf16 compute (as the SFT job does) and samples with bf16
+weights (as `experiments.benchmarks.run` does).
   lora_sft   one LoRA step (rank r, alpha 2r, no dropout, q,k,v,o,gate,up,down targeted, AdamW,
              clipping at 1.0) on [batch, seq_len] random tokens, loss on every position.
              JAX: the SFT job's step. PyTorch: peft `get_peft_model` + a plain training step
@@ -89,8 +92,12 @@ def jax_side(cfg, params, batch_size: int, seq_len: int, new_tokens: int, rank: 
   out["lora_sft_step_s"] = row["step_s"]
   out["lora_sft_tokens_per_s"] = batch_size * seq_len / row["step_s"]
   out["lora_sft_compile_s"] = row["compile_s"]
-  prefill, decode = bench.bench_sampler(cfg, params, batch_size, seq_len, new_tokens, steps,
-                                        return_tokens=True)
+  sample_cfg, sample_params = cfg, params
+  if cfg.dtype != "float32":  # sample with weights in the compute dtype
+    sample_cfg = cfg.replace(param_dtype=cfg.dtype)
+    sample_params = jax.tree.map(lambda x: x.astype(cfg.dtype), params)
+  prefill, decode = bench.bench_sampler(sample_cfg, sample_params, batch_size, seq_len,
+                                        new_tokens, steps, return_tokens=True)
   out["greedy_tokens"] = decode["tokens"]
   out["prefill_s"], out["decode_s"] = prefill["seconds"], decode["seconds"]
   out["generate_s"] = prefill["seconds"] + (decode["seconds"] or 0.0)
@@ -111,14 +118,14 @@ def jax_side(cfg, params, batch_size: int, seq_len: int, new_tokens: int, rank: 
 
 
 def torch_side(hf_dir: str, batch_size: int, seq_len: int, new_tokens: int, rank: int,
-               steps: int, vocab_size: int) -> dict[str, Any]:
+               steps: int, vocab_size: int, dtype: str = "float32") -> dict[str, Any]:
   import peft  # pylint: disable=import-outside-toplevel
   import torch  # pylint: disable=import-outside-toplevel
   import transformers  # pylint: disable=import-outside-toplevel
 
   torch.manual_seed(0)
   device = "cuda" if torch.cuda.is_available() else "cpu"
-  model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
+  model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=getattr(torch, dtype))
   model = model.to(device)
   out: dict[str, Any] = {"attn_implementation": model.config._attn_implementation,
                          "torch_threads": torch.get_num_threads(), "torch_device": device}
@@ -263,6 +270,8 @@ _SEQ = flags.DEFINE_integer("seq_len", 128, "Tokens per training row and prompt 
 _NEW = flags.DEFINE_integer("new_tokens", 32, "Decode steps after the first token.")
 _STEPS = flags.DEFINE_integer("steps", 3, "Timed repetitions.")
 _RANK = flags.DEFINE_integer("lora_rank", 8, "LoRA rank.")
+_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
+                           "Weights of the PyTorch model; compute dtype of the JAX side.")
 _OUTPUT = flags.DEFINE_string("output", "", "Write the results here as JSON.")
 
 
@@ -272,12 +281,13 @@ def main(argv: list[str]) -> None:
          "backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind,
          "versions": versions()}
   print(json.dumps(env, indent=1))
-  cfg, params, _ = load_model(bench.model_section(_MODEL.value, "random", "float32"))
+  cfg, params, _ = load_model(bench.model_section(_MODEL.value, "random", _DTYPE.value))
   b, t, n = _BATCH.value, _SEQ.value, _NEW.value
   with tempfile.TemporaryDirectory() as tmp:
     hf_dir = str(save_safetensors(cfg, jax.device_get(params), os.path.join(tmp, "hf")))
     start = time.perf_counter()
-    torch_out = torch_side(hf_dir, b, t, n, _RANK.value, _STEPS.value, cfg.vocab_size)
+    torch_out = torch_side(hf_dir, b, t, n, _RANK.value, _STEPS.value, cfg.vocab_size,
+                           _DTYPE.value)
     print(f"pytorch side done in {time.perf_counter() - start:.0f} s")
   start = time.perf_counter()
   jax_out = jax_side(cfg, params, b, t, n, _RANK.value, _STEPS.value)
@@ -285,14 +295,14 @@ def main(argv: list[str]) -> None:
   agree = float(np.mean(jax_out.pop("greedy_tokens") == torch_out.pop("greedy_tokens")))
   env["uptime_after"] = uptime()
   rows = comparison_rows(jax_out, torch_out)
-  print(f"{_MODEL.value}, random weights, float32, batch {b}, seq {t}, {n} + 1 new tokens, "
+  print(f"{_MODEL.value}, random weights, {_DTYPE.value}, batch {b}, seq {t}, {n} + 1 new tokens, "
         f"LoRA rank {_RANK.value}; greedy tokens equal on both sides: {agree:.0%}")
   print(accounting.format_table(rows, ("figure", "jax", "pytorch", "jax_speedup")))
   print(f"uptime before: {env['uptime_before']}\nuptime after:  {env['uptime_after']}")
   if _OUTPUT.value:
     with open(_OUTPUT.value, "w") as f:
       json.dump({"environment": env, "shapes": {"batch": b, "seq_len": t, "new_tokens": n,
-                                                "lora_rank": _RANK.value},
+                                                "lora_rank": _RANK.value, "dtype": _DTYPE.value},
                  "jax": jax_out, "pytorch": torch_out, "greedy_agreement": agree,
                  "rows": rows}, f, indent=2, default=str)
     print(f"wrote {_OUTPUT.value}")
