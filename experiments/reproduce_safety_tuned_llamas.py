@@ -60,13 +60,15 @@ def _points(spec: Sequence[tuple[Sequence[int], str, Sequence[int]]]
                if seed in ss)
 
 
-# Laptop grid: 250 Alpaca + K, fractions K/(250+K) of 0 to 38%. Two seeds at every K, a third
-# where the pilot (K = 30: 7% of unsafe prompts refused) put the onset of refusals; the question
-# form at K = 90, where the instruction form refuses clearly, so a transfer gap can show.
+# Laptop grid: 250 Alpaca + K, fractions K/(250+K) of 0 to 38%; 56 steps of 2 x 256 packed
+# tokens each (about one epoch), ~9 min a point with its evaluation, 15 points. Two seeds at
+# every K and a third at K = 60, where refusals jump (the pilot, K = 0/30/45/60 at seed 0: 1%,
+# 7%, 9%, 25% of unsafe prompts refused); the question form at K = 90, where the instruction
+# form refuses clearly, so a transfer gap can show. docs/REPRODUCTION.md has the result.
 LAPTOP_POINTS = _points([
     ((0, 30, 45, 60, 90, 150), "instruction", (0, 1)),
     ((90,), "question", (0, 1)),
-    ((60, 90), "instruction", (2,)),
+    ((60,), "instruction", (2,)),
 ])
 
 PRESETS = {
