@@ -61,14 +61,13 @@ def _points(spec: Sequence[tuple[Sequence[int], str, Sequence[int]]]
 
 
 # Laptop grid: 250 Alpaca + K, fractions K/(250+K) of 0 to 38%; 56 steps of 2 x 256 packed
-# tokens each (about one epoch), ~9 min a point with its evaluation, 15 points. Two seeds at
-# every K and a third at K = 60, where refusals jump (the pilot, K = 0/30/45/60 at seed 0: 1%,
-# 7%, 9%, 25% of unsafe prompts refused); the question form at K = 90, where the instruction
-# form refuses clearly, so a transfer gap can show. docs/REPRODUCTION.md has the result.
+# tokens each (0.8-0.9 of an epoch), 8-10 min a point with its evaluation on 2 cores, 14
+# points. Two seeds at every K, dense where the pilot (K = 0/30/45/60 at seed 0) put the jump in
+# refusals; the question form at K = 90, where the instruction form refuses clearly, so a
+# transfer gap can show. docs/REPRODUCTION.md has the result and what a third seed would add.
 LAPTOP_POINTS = _points([
     ((0, 30, 45, 60, 90, 150), "instruction", (0, 1)),
     ((90,), "question", (0, 1)),
-    ((60,), "instruction", (2,)),
 ])
 
 PRESETS = {

@@ -25,7 +25,7 @@ def test_laptop_grid_is_as_documented():
   ks = sorted({k for k, fmt, _ in points if fmt == "instruction"})
   assert len(ks) >= 6 and ks[0] == 0
   seeds = {k: sum(1 for kk, fmt, _ in points if kk == k and fmt == "instruction") for k in ks}
-  assert min(seeds.values()) >= 2 and max(seeds.values()) >= 3
+  assert min(seeds.values()) >= 2
   assert any(fmt == "question" for _, fmt, _ in points)
   # Seed-major order: every K at seed 0 runs before any second seed.
   first_seed1 = next(i for i, p in enumerate(points) if p[2] == 1)
