@@ -18,6 +18,8 @@ from absl import flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from alignment.training.preemption import Preempted
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a config file, optionally followed by ':preset'.",
     lock_config=True)
@@ -63,7 +65,12 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   absl_logging.get_absl_handler().addFilter(_QuietLibraries())
-  run_job(_CONFIG.value)
+  try:
+    run_job(_CONFIG.value)
+  except Preempted as stopped:
+    # Non-zero, as a signal's death would be, so a scheduler reruns the job (which resumes).
+    print(f"preempted: {stopped}", file=sys.stderr)
+    sys.exit(128 + stopped.signum)
 
 
 if __name__ == "__main__":

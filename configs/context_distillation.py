@@ -32,6 +32,7 @@ def get_config(preset: str | None = "default") -> ml_collections.ConfigDict:
   c.workdir = "runs/context_distillation"
   c.data_dir = ""  # '' -> $ALIGNMENT_DATA_DIR
   c.seed = 0
+  c.resume = sections.RESUME  # 'same_run' | 'continue_with_changes' (sections.RESUME)
   c.model = sections.model()
   c.lora = sections.lora(rank=8, alpha=16.0)
   c.distill = ml_collections.ConfigDict(dict(

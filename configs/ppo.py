@@ -28,6 +28,7 @@ def get_config(preset: str | None = "default") -> ml_collections.ConfigDict:
   c.workdir = "runs/ppo"
   c.data_dir = ""  # '' -> $ALIGNMENT_DATA_DIR
   c.seed = 0
+  c.resume = sections.RESUME  # 'same_run' | 'continue_with_changes' (sections.RESUME)
   c.model = sections.model()
   c.model_adapters = ""  # LoRA adapters.npz (e.g. from SFT) merged into the base first
   c.lora = sections.lora(rank=8, alpha=16.0)  # policy and critic adapters

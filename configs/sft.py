@@ -25,6 +25,7 @@ def get_config(preset: str | None = "paper_270m") -> ml_collections.ConfigDict:
   c.workdir = "runs/sft"
   c.data_dir = ""  # '' -> $ALIGNMENT_DATA_DIR
   c.seed = 0
+  c.resume = sections.RESUME  # 'same_run' | 'continue_with_changes' (sections.RESUME)
   c.model = sections.model()
   c.lora = sections.lora(rank=8, alpha=16.0, dropout=0.05)
   # True: x W + s (x A) B beside the frozen weights, no base weight gradient (a third fewer

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import pathlib
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -20,13 +21,33 @@ from alignment.model.config import ModelConfig
 from alignment.prompts import get_template
 from alignment.prompts.templates import PromptTemplate
 from alignment.sampling import SamplingParams
-from alignment.training import checkpointing, distributed, loop, optimizer
+from alignment.training import checkpointing, distributed, loop, optimizer, run_identity
 from alignment.training import step as step_lib
 from alignment.training import train_state as train_state_lib
 
 
-def start(config: ml_collections.ConfigDict) -> tuple[pathlib.Path, jax.sharding.Mesh]:
-  """Joins the process group (if configured), builds the mesh, creates the run directory."""
+MAX_LEARNING_RATE = 1e3  # far above any rate that trains; larger ones are typos
+
+
+def check_learning_rates(config: ml_collections.ConfigDict) -> None:
+  """Refuses a learning rate that is not finite, not > 0 or above MAX_LEARNING_RATE, naming
+  the key, before any work starts (such a rate turns the parameters to NaN in one step)."""
+  flat = run_identity.flatten(json.loads(config.to_json_best_effort()))
+  for key, value in flat.items():
+    if key.split(".")[-1] == "learning_rate" and isinstance(value, (int, float)):
+      if not (math.isfinite(value) and 0 < value <= MAX_LEARNING_RATE):
+        raise ValueError(f"config.{key}={value}: a learning rate must be finite, > 0 and "
+                         f"<= {MAX_LEARNING_RATE:g}")
+
+
+def start(config: ml_collections.ConfigDict, data_fingerprint: dict | None = None,
+          data_file: str | None = None) -> tuple[pathlib.Path, jax.sharding.Mesh]:
+  """Joins the process group (if configured), builds the mesh, creates the run directory.
+
+  A workdir with checkpoints is checked first (`run_identity.check_resume`, against the data
+  fingerprint saved in `data_file` too), so config.json is rewritten only for the same run.
+  """
+  check_learning_rates(config)
   d = config.distributed
   distributed.initialize(distributed.DistributedConfig(
       initialize=d.initialize, coordinator_address=d.coordinator_address or None,
@@ -36,6 +57,8 @@ def start(config: ml_collections.ConfigDict) -> tuple[pathlib.Path, jax.sharding
                                                 config.mesh.tensor))
   workdir = pathlib.Path(config.workdir)
   if distributed.is_primary():
+    run_identity.check_resume(workdir, json.loads(config.to_json_best_effort()),
+                              config.get("resume", "same_run"), data_fingerprint, data_file)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
   return workdir, mesh
@@ -137,10 +160,12 @@ class Prepared:
 
 
 def prepare(config: ml_collections.ConfigDict, job: str, num_rngs: int = 1,
-            require_tokenizer: bool = True) -> Prepared:
-  """The shared start of a training job: process group, mesh and run directory, keys split
-  from `config.seed`, the model with adapters, a tokenizer check and the prompt template."""
-  workdir, mesh = start(config)
+            require_tokenizer: bool = True, data_fingerprint: dict | None = None,
+            data_file: str | None = None) -> Prepared:
+  """The shared start of a training job: process group, mesh and run directory (see `start`
+  for the data fingerprint), keys split from `config.seed`, the model with adapters, a
+  tokenizer check and the prompt template."""
+  workdir, mesh = start(config, data_fingerprint, data_file)
   init_rng, *rngs = jax.random.split(jax.random.key(config.seed), num_rngs + 1)
   trainable = load_trainable(config, mesh, init_rng)
   if require_tokenizer and trainable.tokenizer is None:

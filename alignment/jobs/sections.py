@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import ml_collections
 
+# `config.resume`: 'same_run' refuses to resume a workdir whose saved config or data differ;
+# 'continue_with_changes' resumes and records the changes (alignment/training/run_identity.py).
+RESUME = "same_run"
+
 
 def model(checkpoint: str = "embedded", preset: str = "gemma3_270m",
           dtype: str = "float32") -> ml_collections.ConfigDict:

@@ -26,6 +26,9 @@ from alignment.training import distributed, losses
 
 log = logging.getLogger(__name__)
 
+# What identifies the training data of a run (fields of mixture.json).
+DATA_FINGERPRINT = ("sha256", "num_base", "num_safety")
+
 
 def build_data(config: ml_collections.ConfigDict) -> tuple[list, list, dict]:
   """(train examples, held-out examples, mixture report) for `config.data`.
@@ -103,12 +106,14 @@ def held_out_loss(eval_fn, params, batches, num_batches: int, mesh) -> float:
 
 
 def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  job = common.prepare(config, "sft")
+  # The data first: its fingerprint is checked against a resumed run's before any write.
+  train_examples, eval_examples, mixture_report = build_data(config)
+  fingerprint = {k: mixture_report[k] for k in DATA_FINGERPRINT}
+  job = common.prepare(config, "sft", data_fingerprint=fingerprint, data_file="mixture.json")
   workdir, mesh, trainable, template = job.workdir, job.mesh, job.trainable, job.template
   (state_rng,) = job.rngs
   cfg, lcfg, tokenizer = trainable.model_config, trainable.lora, trainable.tokenizer
 
-  train_examples, eval_examples, mixture_report = build_data(config)
   if distributed.is_primary():
     (workdir / "mixture.json").write_text(json.dumps(mixture_report, indent=2, default=str))
   pipe = pipeline.PipelineConfig(

@@ -4,7 +4,9 @@ Orbax writes each step into a temporary directory and renames it only once every
 complete, so a step that a crash (even SIGKILL) interrupted never counts as a checkpoint. A
 finalized step whose files are damaged (disk trouble, a hand-edited run directory) fails to
 restore; `restore_latest` then moves it aside as `<step>.corrupt` and falls back to the
-previous step, loudly, rather than dying or silently starting over.
+previous step, loudly, rather than dying or silently starting over. A step whose files are
+intact but hold another tree or other shapes (the run's config changed: another LoRA rank)
+is not damaged: that raises `CheckpointMismatchError` naming the shapes, and every step stays.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 from typing import Any
 
 import jax
@@ -32,6 +35,30 @@ class CheckpointConfig:
   # Top-level keys of `state.params` left out of checkpoints: frozen weights (a LoRA run's
   # base model) that the job loads anyway, so each checkpoint holds only what trains.
   skip_params: tuple[str, ...] = ()
+
+
+class CheckpointMismatchError(ValueError):
+  """A readable checkpoint whose tree or shapes differ from the state it is restored onto."""
+
+
+def _leaf_shapes(tree: Any) -> dict[tuple[str, ...], tuple]:
+  """{path as names: shape}; orbax's metadata tree and a TrainState give the same names."""
+  return {tuple(re.findall(r"\w+", jax.tree_util.keystr(path))): tuple(leaf.shape)
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def structure_mismatch(saved: Any, target: Any, limit: int = 5) -> str | None:
+  """What differs between the saved state's metadata tree and the target, or None."""
+  old, new = _leaf_shapes(saved), _leaf_shapes(target)
+  name = "/".join
+  problems = [f"{name(k)}: saved {old[k]} vs now {new[k]}" for k in old
+              if k in new and old[k] != new[k]]
+  problems += [f"{name(k)}: saved, not in the state now" for k in old if k not in new]
+  problems += [f"{name(k)}: in the state now, not saved" for k in new if k not in old]
+  if not problems:
+    return None
+  more = f" (and {len(problems) - limit} more)" if len(problems) > limit else ""
+  return "; ".join(problems[:limit]) + more
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,15 +157,36 @@ class Checkpointer:
 
   def restore_latest(self, abstract_state: TrainState,
                      skipped_from: TrainState | None = None) -> Restored | None:
-    """The newest step that restores cleanly, or None when the run has no checkpoint."""
+    """The newest step that restores cleanly, or None when the run has no checkpoint.
+
+    Raises CheckpointMismatchError (moving nothing) when a step's files are readable but
+    describe another state; only steps that fail otherwise are moved aside.
+    """
     for step in sorted(self._manager.all_steps(), reverse=True):
       try:
         return self.restore(step, abstract_state, skipped_from)
       except Exception as error:  # pylint: disable=broad-except
+        mismatch = self._mismatch(step, abstract_state)
+        if mismatch:
+          raise CheckpointMismatchError(
+              f"checkpoint step {step} in {self.directory} holds another state than this run "
+              f"builds: {mismatch}. Nothing was moved; use another workdir or the config "
+              "that wrote it.") from error
         log.error("checkpoint step %d in %s cannot be restored (%s: %s); moving it aside and "
                   "trying the previous one", step, self.directory, type(error).__name__, error)
         self._quarantine(step)
     return None
+
+  def _mismatch(self, step: int, abstract_state: TrainState) -> str | None:
+    """The tree/shape difference of a step whose metadata reads, else None (damaged)."""
+    try:
+      saved = self._manager.item_metadata(step)["state"]
+      saved = getattr(saved, "tree", saved)
+    except Exception:  # pylint: disable=broad-except
+      return None  # Unreadable metadata: the files are damaged.
+    if saved is None:
+      return None
+    return structure_mismatch(saved, self._saved_part(abstract_state))
 
   def _quarantine(self, step: int) -> None:
     if jax.process_index() == 0:

@@ -2,7 +2,9 @@
 
 Metrics are fetched one step late (after the next step is dispatched), so the host never
 stalls the device just to read a loss; before each save the just-finished step is checked,
-so a checkpoint never holds a state whose loss or gradients were not finite.
+and so are the updated parameters and optimizer state themselves (a finite loss can still
+be followed by a NaN update), so a checkpoint never holds a non-finite state. SIGTERM or
+SIGINT stops the run at the next step boundary with a checkpoint and a "preempted" summary.
 """
 
 from __future__ import annotations
@@ -10,14 +12,16 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import signal
 import time
 from typing import Any, Callable, Iterator
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from alignment.training import distributed, metrics as metrics_lib
+from alignment.training import distributed, metrics as metrics_lib, preemption
 from alignment.training.checkpointing import Checkpointer, abstract_like
 from alignment.training.train_state import TrainState
 
@@ -58,6 +62,14 @@ def _finite(value: float) -> bool:
   return math.isfinite(value)
 
 
+@jax.jit
+def _all_finite(tree: Any) -> jax.Array:
+  """Whether every float leaf of `tree` is finite (one device reduction, one bool back)."""
+  checks = [jnp.isfinite(x).all() for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.stack(checks).all() if checks else jnp.array(True)
+
+
 def train(config: LoopConfig, state: TrainState, train_step: Callable, batches: Iterator,
           checkpointer: Checkpointer | None = None, *, mesh: Mesh,
           learning_rate_fn: Callable[[int], float] | None = None,
@@ -79,6 +91,11 @@ def train(config: LoopConfig, state: TrainState, train_step: Callable, batches: 
     flops_per_step: FLOPs of one step (or batch -> FLOPs) for MFU; default: XLA's count of
       the compiled step for each new batch shape.
     hooks: `Hook`s run every N steps (and never on a step whose metrics were not finite).
+
+  Raises:
+    NonFiniteLossError: a loss, gradient norm or the updated state became NaN/inf.
+    preemption.Preempted: SIGTERM/SIGINT arrived; the state after the step that was running
+      is saved (with a checkpointer) and the summary says "preempted".
   """
   for hook in hooks:
     if hook.every < 1:
@@ -165,8 +182,21 @@ def train(config: LoopConfig, state: TrainState, train_step: Callable, batches: 
     logger.log(step, values)
     window.update(t=now, tokens=0, steps=0, flops=0.0, hook_seconds=0.0)
 
+  def save(step: int) -> None:
+    """Saves `state` after `step` (the caller decided it is due), if it is finite."""
+    nonlocal last_saved
+    if not bool(_all_finite((state.params, state.opt_state))):
+      raise NonFiniteLossError(
+          f"the parameters or optimizer state became non-finite in step {step} (its loss "
+          f"was finite); not saving it. The last good checkpoint is step {last_saved} in "
+          f"{checkpointer.directory}")
+    data_state = batches.get_state() if resumable else None
+    if checkpointer.save(step, state, data_state, force=True):
+      last_saved = step
+
   pending = None
   step = start
+  stop = preemption.StopSignals().__enter__()
   try:
     while step < config.num_steps:
       try:
@@ -200,9 +230,15 @@ def train(config: LoopConfig, state: TrainState, train_step: Callable, batches: 
         # Hook time is not training time: tokens/s and MFU leave it out.
         window["hook_seconds"] = window.get("hook_seconds", 0.0) + time.perf_counter() - hook_start
       if save_due:
-        data_state = batches.get_state() if resumable else None
-        if checkpointer.save(step, state, data_state, force=step == config.num_steps):
-          last_saved = step
+        save(step)
+      if stop.received is not None:
+        if pending is not None:
+          finish(*pending)
+          pending = None
+        if checkpointer is not None and last_saved != step:
+          save(step)
+        status = "preempted"
+        break
     if pending is not None:
       finish(*pending)
   except NonFiniteLossError as error:
@@ -213,6 +249,7 @@ def train(config: LoopConfig, state: TrainState, train_step: Callable, batches: 
     status = "failed"
     raise
   finally:
+    stop.__exit__()
     if checkpointer is not None:
       checkpointer.wait()
     timed = history["time_timed"]
@@ -238,6 +275,10 @@ def train(config: LoopConfig, state: TrainState, train_step: Callable, batches: 
                 if history["steps_timed"] and history["flops_timed"] else None),
         "last_checkpoint_step": last_saved,
     }
+    if stop.received is not None:
+      summary["stop_signal"] = signal.Signals(stop.received).name
     logger.write_summary(summary)
     logger.close()
+  if status == "preempted":
+    raise preemption.Preempted(stop.received, step, last_saved)
   return TrainResult(state=state, summary=summary)

@@ -1,0 +1,109 @@
+"""Whether a run directory that already holds checkpoints belongs to the run now starting.
+
+Resuming a workdir with another config (LoRA rank, seed, data) used to mix two runs into one
+directory. `check_resume` compares the saved config.json (and, where a job has one, its data
+fingerprint) with the new ones before anything in the directory is rewritten, and refuses
+with every differing key named, unless `config.resume` says to continue with the changes, in
+which case they are appended to resume_history.json.
+
+Keys in `IGNORED_ON_RESUME` may change between runs of one directory: they set how long a
+run goes or how it reports, not what it trains (`train.steps` also stretches the schedule:
+extending a run is the point of resuming it). `mesh` and `distributed` are ignored because a
+checkpoint restores onto any mesh.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Any
+
+RESUME_CHOICES = ("same_run", "continue_with_changes")
+
+# Exact dotted keys, or a section prefix ending in ".".
+IGNORED_ON_RESUME = (
+    "resume", "workdir", "train.steps", "train.iterations", "train.log_every",
+    "train.progress_bar", "checkpoint.every", "checkpoint.keep", "checkpoint.async_save",
+    "eval.every", "mesh.", "distributed.",
+)
+
+HISTORY_FILE = "resume_history.json"
+
+
+class RunMismatchError(ValueError):
+  """The workdir holds checkpoints of a run whose config or data differ from this one's."""
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+  """{"a.b": value} for a nested dict."""
+  flat: dict[str, Any] = {}
+  for key, value in tree.items():
+    if isinstance(value, dict) and value:
+      flat.update(flatten(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat
+
+
+def _ignored(key: str) -> bool:
+  return any(key == k or (k.endswith(".") and key.startswith(k)) for k in IGNORED_ON_RESUME)
+
+
+_ABSENT = "(absent)"
+
+
+def differences(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
+  """{dotted key: (old, new)} for every key that differs and may not change on resume."""
+  old_flat, new_flat = flatten(old), flatten(new)
+  changed = {}
+  for key in sorted(set(old_flat) | set(new_flat)):
+    before, after = old_flat.get(key, _ABSENT), new_flat.get(key, _ABSENT)
+    if before != after and not _ignored(key):
+      changed[key] = (before, after)
+  return changed
+
+
+def checkpoint_steps(workdir: pathlib.Path) -> list[int]:
+  """Finalized checkpoint steps under workdir/checkpoints (orbax names them by number)."""
+  directory = workdir / "checkpoints"
+  if not directory.is_dir():
+    return []
+  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+
+
+def check_resume(workdir: pathlib.Path, config: dict, mode: str = "same_run",
+                 data: dict | None = None, data_file: str | None = None) -> dict:
+  """Refuses (RunMismatchError) to resume a run whose config or data changed, unless
+  `mode` is 'continue_with_changes'; returns the changes found ({} for a fresh run).
+
+  `data` is this run's data fingerprint, compared with the one saved in `data_file` (a JSON
+  file in the workdir) under the prefix "data_fingerprint.".
+  """
+  if mode not in RESUME_CHOICES:
+    raise ValueError(f"config.resume={mode!r}: must be one of {', '.join(RESUME_CHOICES)}")
+  workdir = pathlib.Path(workdir)
+  steps = checkpoint_steps(workdir)
+  saved_config = workdir / "config.json"
+  if not steps or not saved_config.is_file():
+    return {}
+  changes = differences(json.loads(saved_config.read_text()), config)
+  if data is not None and data_file and (workdir / data_file).is_file():
+    saved = json.loads((workdir / data_file).read_text())
+    changes.update(differences({"data_fingerprint": {k: saved.get(k, _ABSENT) for k in data}},
+                               {"data_fingerprint": data}))
+  if not changes:
+    return {}
+  lines = "\n".join(f"  {key}: {before!r} -> {after!r}" for key, (before, after) in
+                    changes.items())
+  if mode == "same_run":
+    raise RunMismatchError(
+        f"{workdir} holds checkpoints (steps {steps}) of a run with another config or data:\n"
+        f"{lines}\nUse a new workdir, restore the old values, or set "
+        "config.resume=continue_with_changes to resume with these changes (they are then "
+        f"recorded in {HISTORY_FILE}).")
+  history_path = workdir / HISTORY_FILE
+  history = json.loads(history_path.read_text()) if history_path.is_file() else []
+  history.append({"resumed_from_step": steps[-1],
+                  "changes": {k: {"old": b, "new": a} for k, (b, a) in changes.items()}})
+  history_path.write_text(json.dumps(history, indent=2, default=str))
+  return changes

@@ -1,0 +1,170 @@
+"""Fault injection on the tiny SFT preset: a changed config or data on resume, a checkpoint of
+another shape, a learning rate that blows up, SIGTERM mid-run (see docs/RELIABILITY.md)."""
+
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from alignment.jobs import common, sft
+from alignment.training import checkpointing, loop, run_identity
+from configs import sft as sft_config
+from tiny_sentencepiece import train_tiny_tokenizer
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+# The subprocess run of the SIGTERM test: the tiny preset without mid-run evaluation.
+OVERRIDES = {"eval.every": 100_000, "eval.prompts": "", "checkpoint.every": 5}
+
+
+@pytest.fixture(scope="module")
+def tokenizer_path(tmp_path_factory):
+  directory = tmp_path_factory.mktemp("tok")
+  train_tiny_tokenizer(directory)
+  return str(directory / "tiny_sp.model")
+
+
+def tiny_config(workdir, tokenizer_path, **train):
+  config = sft_config.get_config("tiny")
+  config.workdir = str(workdir)
+  config.model.tokenizer = tokenizer_path
+  config.eval.update(every=100_000, prompts="")
+  config.train.update({"steps": 3, **train})
+  return config
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tokenizer_path, data_dir):
+  """A 3-step run with a checkpoint at step 3 (each test works on a copy)."""
+  workdir = tmp_path_factory.mktemp("finished") / "run"
+  sft.run(tiny_config(workdir, tokenizer_path))
+  return workdir
+
+
+def copy_of(run, tmp_path):
+  shutil.copytree(run, tmp_path / "run")
+  return tmp_path / "run"
+
+
+def snapshot(workdir):
+  return {p.relative_to(workdir): p.read_bytes() for p in workdir.rglob("*") if p.is_file()}
+
+
+def test_resume_with_another_config_or_data_is_refused_and_touches_nothing(
+    finished_run, tokenizer_path, tmp_path):
+  workdir = copy_of(finished_run, tmp_path)
+  before = snapshot(workdir)
+  config = tiny_config(workdir, tokenizer_path, steps=6)
+  config.lora.rank = 4
+  config.seed = 1
+  with pytest.raises(run_identity.RunMismatchError) as error:
+    sft.run(config)
+  message = str(error.value)
+  assert "lora.rank: 8 -> 4" in message and "seed: 0 -> 1" in message
+  assert "train.steps" not in message  # extending a run is what resuming is for
+  assert "data_fingerprint.sha256" in message  # the seed reshuffles the mixture
+  config = tiny_config(workdir, tokenizer_path, steps=6)
+  config.data.num_safety = 8
+  with pytest.raises(run_identity.RunMismatchError, match=r"data\.num_safety: 16 -> 8"):
+    sft.run(config)
+  assert snapshot(workdir) == before  # config.json, mixture.json, result.json, checkpoints
+
+  # Asked for, the changed run resumes and the change is on record.
+  config.resume = "continue_with_changes"
+  sft.run(config)
+  result = json.loads((workdir / "result.json").read_text())
+  assert result["train"]["start_step"] == 3 and result["train"]["final_step"] == 6
+  history = json.loads((workdir / run_identity.HISTORY_FILE).read_text())
+  assert history[0]["resumed_from_step"] == 3
+  assert history[0]["changes"]["data.num_safety"] == {"old": 16, "new": 8}
+  config.resume = "sometimes"
+  with pytest.raises(ValueError, match="config.resume='sometimes'"):
+    sft.run(config)
+
+
+def test_checkpoint_of_another_shape_is_an_error_not_corruption(
+    finished_run, tokenizer_path, tmp_path):
+  workdir = copy_of(finished_run, tmp_path)
+  config = tiny_config(workdir, tokenizer_path, steps=6)
+  config.lora.rank = 4
+  config.resume = "continue_with_changes"  # past the config check, on to the restore
+  with pytest.raises(checkpointing.CheckpointMismatchError) as error:
+    sft.run(config)
+  assert "saved (" in str(error.value) and ", 8)" in str(error.value)
+  assert ", 4)" in str(error.value)
+  names = sorted(p.name for p in (workdir / "checkpoints").iterdir())
+  assert names == ["3"]  # nothing moved aside as corrupt
+  assert (workdir / "adapters.npz").read_bytes() == (finished_run / "adapters.npz").read_bytes()
+
+
+@pytest.mark.parametrize("rate", [float("inf"), float("nan"), 0.0, -1e-3, 1e39])
+def test_absurd_learning_rate_is_refused_before_any_work(tokenizer_path, tmp_path, rate):
+  config = tiny_config(tmp_path / "run", tokenizer_path, learning_rate=rate)
+  with pytest.raises(ValueError, match=r"config\.train\.learning_rate="):
+    sft.run(config)
+  assert not (tmp_path / "run").exists()
+
+
+def test_a_non_finite_state_is_never_checkpointed(tokenizer_path, tmp_path, monkeypatch,
+                                                   data_dir):
+  workdir = tmp_path / "run"
+  config = tiny_config(workdir, tokenizer_path, steps=2)
+  config.checkpoint.every = 1
+  sft.run(config)  # steps 1 and 2, sane
+  # Past the config check, resumed with a rate that turns the state to NaN in one update
+  # while the loss of that step (computed before the update) is still finite.
+  monkeypatch.setattr(common, "check_learning_rates", lambda config: None)
+  config.train.update(learning_rate=1e39, steps=4)
+  config.resume = "continue_with_changes"
+  with pytest.raises(loop.NonFiniteLossError, match="in step 3 .*last good checkpoint is step 2"):
+    sft.run(config)
+  assert run_identity.checkpoint_steps(workdir) == [1, 2]
+  summary = json.loads((workdir / "summary.json").read_text())
+  assert summary["status"] == "non_finite_loss" and summary["last_checkpoint_step"] == 2
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  saved = ocp.StandardCheckpointer().restore(workdir / "checkpoints" / "2" / "state")
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(saved))
+
+
+def test_sigterm_saves_reports_preempted_and_the_rerun_finishes(tokenizer_path, tmp_path,
+                                                               data_dir):
+  workdir = tmp_path / "run"
+  overrides = {**OVERRIDES, "workdir": str(workdir), "model.tokenizer": tokenizer_path,
+               "train.steps": 100_000}
+  command = [sys.executable, "-m", "alignment.main", "--config=configs/sft.py:tiny"] + [
+      f"--config.{k}={v}" for k, v in overrides.items()]
+  env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+  process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+  deadline = time.time() + 150
+  while not (workdir / "checkpoints" / "5").is_dir():  # training is under way
+    assert process.poll() is None and time.time() < deadline, process.communicate()[0][-3000:]
+    time.sleep(0.2)
+  process.send_signal(signal.SIGTERM)
+  output = process.communicate(timeout=60)[0]
+  assert process.returncode == 128 + signal.SIGTERM, output[-3000:]
+  assert "preempted: stopped by SIGTERM" in output
+  summary = json.loads((workdir / "summary.json").read_text())
+  assert summary["status"] == "preempted" and summary["stop_signal"] == "SIGTERM"
+  stopped = summary["final_step"]
+  assert summary["last_checkpoint_step"] == stopped >= 5
+  assert stopped in run_identity.checkpoint_steps(workdir)
+  assert not (workdir / "result.json").exists()  # not finished
+  events = list((workdir / "tensorboard").iterdir())  # flushed and closed by the loop
+  assert events and all(e.stat().st_size > 0 for e in events)
+
+  config = tiny_config(workdir, tokenizer_path)
+  config.update_from_flattened_dict({k: v for k, v in overrides.items()})
+  config.train.steps = stopped + 2
+  sft.run(config)
+  result = json.loads((workdir / "result.json").read_text())
+  assert result["train"]["status"] == "completed"
+  assert result["train"]["start_step"] == stopped
+  assert result["train"]["final_step"] == stopped + 2
