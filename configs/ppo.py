@@ -8,7 +8,7 @@
 
 Presets:
   default    embedded Gemma 3 270M (optionally an SFT run's adapters merged in via
-             model_adapters), LoRA policy and critic on one frozen base, Alpaca + HH harmless
+             model.adapters), LoRA policy and critic on one frozen base, Alpaca + HH harmless
              prompts, Llama 2's combined safety/helpfulness reward from two saved RMs.
   demo_270m  ~6 CPU-minutes on the 270M: a toy reward (fraction of "." tokens),
              8 prompts x 16 tokens per iteration, 8 iterations (see docs/MEASUREMENTS.md).
@@ -30,7 +30,6 @@ def get_config(preset: str | None = "default") -> ml_collections.ConfigDict:
   c.seed = 0
   c.resume = sections.RESUME  # 'same_run' | 'continue_with_changes' (sections.RESUME)
   c.model = sections.model()
-  c.model_adapters = ""  # LoRA adapters.npz (e.g. from SFT) merged into the base first
   c.lora = sections.lora(rank=8, alpha=16.0)  # policy and critic adapters
   c.prompts = ml_collections.ConfigDict(dict(
       sources="alpaca,hh_harmless",  # comma-separated data sources

@@ -11,7 +11,8 @@ Presets:
   demo_270m  ~5 CPU-minutes on the 270M: 8 safety prompts, K=4, 32 new tokens, 2 rounds of
              4 steps, the string-match 'refusal' reward (refusals win).
   tiny       random tiny model, the 'length' reward (tests).
-rs.reward: a reward-model directory or a named reward: length | refusal | compliance.
+rs.reward: 'combined' (two RMs, Llama 2's rule), a reward-model directory or a named reward:
+length | refusal | compliance.
 train.steps is per round.
 """
 
@@ -34,7 +35,12 @@ def get_config(preset: str | None = "default") -> ml_collections.ConfigDict:
   c.rs = ml_collections.ConfigDict(dict(
       rounds=3, num_samples=4,  # N rounds, K samples per prompt
       reward="runs/reward_helpfulness/reward_model", reward_batch_size=8,
-      use_min_reward=False, min_reward=0.0))  # drop prompts whose best reward is below
+      use_min_reward=False, min_reward=0.0,  # drop prompts whose best reward is below
+      # rs.reward='combined': Llama 2's rule over two saved RMs; prompts from unsafe_sources
+      # (or with a safety sigmoid below the threshold) are judged by the safety RM.
+      safety_rm="runs/reward_safety/reward_model",
+      helpfulness_rm="runs/reward_helpfulness/reward_model",
+      unsafe_sources="safety_instructions", safety_threshold=0.15))
   c.sampling = sections.sampling(temperature=1.0)
   c.data = sections.prompt_data("alpaca,safety_instructions")
   c.train = sections.train(steps=100, batch_size=16, learning_rate=1e-4, warmup_steps=10)

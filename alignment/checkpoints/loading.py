@@ -7,6 +7,8 @@
   path/to/x.gguf      a GGUF file of a Gemma 3 model
   path/to/hf_dir      a Hugging Face safetensors checkpoint (config.json beside the weights)
   path/to/flax_dir    an official Flax/orbax Gemma checkpoint
+`adapters` (optional): a LoRA adapters.npz (e.g. an SFT run's) merged into the weights after
+loading, so a later stage (reward model, RL, evaluation) starts from the tuned model.
 The tokenizer comes from `tokenizer` (a SentencePiece .model path) when set, else from the
 checkpoint itself (GGUF vocabulary, or tokenizer.model in the checkpoint dir), else None.
 """
@@ -18,6 +20,7 @@ from typing import Any
 
 import jax
 
+from alignment import lora as lora_lib
 from alignment.model.config import ModelConfig, get_config
 from alignment.model.transformer import init_params
 from alignment.tokenizer import Tokenizer
@@ -63,4 +66,11 @@ def load_model(model_config: Any) -> tuple[ModelConfig, Any, Tokenizer | None]:
   # Parameters stay float32 (master weights); `dtype` is the compute dtype of activations.
   cfg = cfg.replace(dtype=dtype, param_dtype="float32")
   params = jax.tree.map(lambda x: x.astype("float32"), params)
+  adapters_path = str(model_config.get("adapters", "") or "")
+  if adapters_path:
+    try:
+      adapters, lcfg = lora_lib.load_adapters(adapters_path, cfg)
+    except (FileNotFoundError, ValueError) as e:
+      raise type(e)(f"config model.adapters: {e}") from None
+    params = jax.jit(lambda p, a: lora_lib.merge(p, a, lcfg))(params, adapters)
   return cfg, params, tokenizer

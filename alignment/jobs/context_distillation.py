@@ -56,7 +56,8 @@ def run(config: ml_collections.ConfigDict, reward_fn: rs.RewardFn | None = None
   n_eval = config.eval.num_prompts
   prompts = [p.text for p in prompts_lib.load_prompts(
       config.data.prompt_source, common.data_dir(config), config.seed,
-      num_prompts=config.data.num_prompts + n_eval if config.data.num_prompts else 0)]
+      num_prompts=config.data.num_prompts + n_eval if config.data.num_prompts else 0,
+      per_source=config.data.per_source)]
   eval_prompts, prompts = prompts[:n_eval], prompts[n_eval:]
   if not prompts:
     raise ValueError("no prompts left for distillation after holding out eval.num_prompts")

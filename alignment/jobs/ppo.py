@@ -21,7 +21,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from alignment import lora as lora_lib
 from alignment import sharding
 from alignment.data import batching
 from alignment.jobs import common
@@ -213,11 +212,8 @@ class PPOTrainer:
 
 def load_trainable(config: ml_collections.ConfigDict, mesh, rng: jax.Array) -> common.Trainable:
   """The policy's {"base", "lora"} (see `common.load_trainable`) plus the critic's "value"."""
+  # An SFT start (config.model.adapters) is merged into the base at load: it is the reference.
   trainable = common.load_trainable(config, mesh, rng)
-  if config.model_adapters:  # e.g. an SFT run's adapters: merged into the base (= reference)
-    adapters, lcfg = lora_lib.load_adapters(config.model_adapters, trainable.model_config)
-    merged = jax.jit(lambda b, a: lora_lib.merge(b, a, lcfg))(trainable.params["base"], adapters)
-    trainable.params["base"] = jax.device_put(merged, trainable.shardings["base"])
   value_model = ValueModel(trainable.model_config, trainable.lora)
   value = value_model.init(trainable.params["base"], jax.random.fold_in(rng, 7))
   trainable.params["value"] = value

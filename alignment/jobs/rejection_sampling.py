@@ -51,6 +51,26 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   sampling_params(config.sampling)  # validates temperature / top-k / top-p
 
 
+def make_reward(section: ml_collections.ConfigDict,
+                prompts: list[prompts_lib.RLPrompt]) -> rs.RewardFn:
+  """`rs.reward`: 'combined' (Llama 2's rule over `rs.safety_rm` and `rs.helpfulness_rm`,
+  prompts from `rs.unsafe_sources` flagged unsafe), a named reward or a reward-model dir."""
+  if section.reward != "combined":
+    return rs.get_reward(section.reward, section.reward_batch_size)
+  if not (section.safety_rm and section.helpfulness_rm):
+    raise ValueError("rs.reward='combined' needs rs.safety_rm and rs.helpfulness_rm (saved "
+                     "reward-model directories, <reward workdir>/reward_model)")
+  unsafe_sources = {s.strip() for s in section.unsafe_sources.split(",") if s.strip()}
+  unknown = unsafe_sources - {p.source for p in prompts}
+  if unknown:
+    raise ValueError(f"rs.unsafe_sources names {sorted(unknown)}, which no prompt came from "
+                     f"(sources: {sorted({p.source for p in prompts})})")
+  return rs.combined_reward(
+      rs.get_reward(section.safety_rm, section.reward_batch_size),
+      rs.get_reward(section.helpfulness_rm, section.reward_batch_size),
+      [p.text for p in prompts if p.source in unsafe_sources], section.safety_threshold)
+
+
 def _write_jsonl(path, rows) -> None:
   path.parent.mkdir(parents=True, exist_ok=True)
   with open(path, "w", encoding="utf-8") as f:
@@ -66,11 +86,12 @@ def run(config: ml_collections.ConfigDict, reward_fn: rs.RewardFn | None = None
   workdir, mesh, trainable, template = job.workdir, job.mesh, job.trainable, job.template
   state_rng, sample_rng = job.rngs
   cfg, lcfg, tokenizer = trainable.model_config, trainable.lora, trainable.tokenizer
-  prompts = [p.text for p in prompts_lib.load_prompts(
-      config.data.prompt_source, common.data_dir(config), config.seed,
-      num_prompts=config.data.num_prompts)]
+  loaded = prompts_lib.load_prompts(config.data.prompt_source, common.data_dir(config),
+                                    config.seed, num_prompts=config.data.num_prompts,
+                                    per_source=config.data.per_source)
+  prompts = [p.text for p in loaded]
   inputs = [template.format(p) for p in prompts]  # what the policy reads (= training prompts)
-  reward = reward_fn or rs.get_reward(config.rs.reward, config.rs.reward_batch_size)
+  reward = reward_fn or make_reward(config.rs, loaded)
   rounds, steps = config.rs.rounds, config.train.steps
   trainer = ExampleTrainer(config, trainable, mesh, template, state_rng, rounds * steps)
 

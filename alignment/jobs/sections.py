@@ -19,7 +19,8 @@ def model(checkpoint: str = "embedded", preset: str = "gemma3_270m",
   return ml_collections.ConfigDict(dict(
       checkpoint=checkpoint, preset=preset,
       dtype=dtype,  # compute dtype of activations; master weights stay float32
-      tokenizer=""))  # a SentencePiece .model overriding the checkpoint's own
+      tokenizer="",  # a SentencePiece .model overriding the checkpoint's own
+      adapters=""))  # a LoRA adapters.npz merged in at load (start from an SFT run)
 
 
 def lora(enabled: bool = True, rank: int = 8, alpha: float = 16.0,
@@ -46,8 +47,9 @@ def sampling(temperature: float) -> ml_collections.ConfigDict:
 def prompt_data(prompt_source: str) -> ml_collections.ConfigDict:
   """Prompts to sample from (comma-separated sources) and how the samples become SFT rows."""
   return ml_collections.ConfigDict(dict(
-      prompt_source=prompt_source, num_prompts=512, template="alpaca", max_length=384,
-      packing=True))
+      prompt_source=prompt_source, num_prompts=512,
+      per_source=0,  # at most this many from each source (a seeded subset; 0 = all)
+      template="alpaca", max_length=384, packing=True))
 
 
 def mesh(data: int = -1, fsdp: int = 1, tensor: int = 1) -> ml_collections.ConfigDict:

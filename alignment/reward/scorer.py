@@ -26,6 +26,7 @@ import jax
 import numpy as np
 
 from alignment.data import batching
+from alignment.data import tokenize as tok
 from alignment.data.records import PreferencePair
 from alignment.evaluation import scorers
 from alignment.evaluation.records import AnswerRecord
@@ -57,10 +58,18 @@ class RewardScorer:
         cfg, p, b["tokens"], b["positions"], b["input_mask"], b["last_index"]))
 
   def _example(self, record: AnswerRecord) -> dict[str, np.ndarray]:
-    prompt, reply = hh_transcript(record.prompt, record.answer or " ")
-    pair = PreferencePair(prompt=prompt, chosen=reply, rejected=reply, source=record.set)
-    ids, _, _ = reward_data.tokenize_pair_keep_end(pair, self.rm.tokenizer, self.rm.max_length)
-    tokens = np.concatenate([ids["prompt"], ids["chosen"]])
+    prompt, reply = hh_transcript(record.prompt, record.answer or "")
+    if reply.strip():
+      pair = PreferencePair(prompt=prompt, chosen=reply, rejected=reply, source=record.set)
+      ids, _, _ = reward_data.tokenize_pair_keep_end(pair, self.rm.tokenizer,
+                                                     self.rm.max_length)
+      tokens = np.concatenate([ids["prompt"], ids["chosen"]])
+    else:  # a blank reply (a policy that stops at once) is still a reply to be rated
+      end = tok.encode_response("", None, self.rm.tokenizer)
+      head = tok.encode_prompt(prompt, self.rm.tokenizer)
+      keep = self.rm.max_length - len(end)
+      head = head if len(head) <= keep else np.concatenate([head[:1], head[1 - keep:]])
+      tokens = np.concatenate([head, end])
     return {"tokens": tokens, "loss_mask": np.zeros(len(tokens), np.float32)}
 
   def rewards(self, records: Sequence[AnswerRecord]) -> np.ndarray:

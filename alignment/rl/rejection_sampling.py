@@ -21,6 +21,7 @@ import numpy as np
 from alignment.data.records import InstructionExample
 from alignment.evaluation import scorers
 from alignment.evaluation.records import AnswerRecord
+from alignment.reward import combine
 from alignment.rl.generation import SampleFn, generate_in_batches
 
 RewardFn = Callable[[Sequence[str], Sequence[str]], np.ndarray]  # (prompts, answers) -> [N]
@@ -122,6 +123,21 @@ def reward_model_reward(directory: str | pathlib.Path, batch_size: int = 8) -> R
     records = [AnswerRecord(set="rl", id=str(i), prompt=p, answer=a)
                for i, (p, a) in enumerate(zip(prompts, answers))]
     return scorer.rewards(records).astype(np.float64)
+
+  return reward
+
+
+def combined_reward(safety: RewardFn, helpfulness: RewardFn, unsafe_prompts: Sequence[str],
+                    threshold: float = 0.15) -> RewardFn:
+  """Llama 2's rule (`alignment.reward.combine`): the safety score for a prompt in
+  `unsafe_prompts` or whose safety sigmoid is below `threshold`, else the helpfulness score."""
+  unsafe_set = frozenset(unsafe_prompts)
+
+  def reward(prompts: Sequence[str], answers: Sequence[str]) -> np.ndarray:
+    s = np.asarray(safety(prompts, answers), np.float64)
+    h = np.asarray(helpfulness(prompts, answers), np.float64)
+    flagged = np.array([p in unsafe_set for p in prompts], bool)
+    return np.asarray(combine.combined_logit(s, h, flagged, threshold), np.float64)
 
   return reward
 
