@@ -4,7 +4,8 @@ Rates here come from a few dozen prompts, so every one is printed with its 95% i
 Wilson's score interval for a proportion (sound at k = 0 or k = n, unlike the normal
 approximation), and Newcombe's hybrid score interval for the difference of two independent
 proportions (method 10 of Newcombe, Statistics in Medicine 1998), built from the two Wilson
-intervals. Cohen's kappa measures a judge's agreement with labels beyond chance.
+intervals. Cohen's kappa measures a judge's agreement with labels beyond chance; a percentile
+bootstrap gives the interval of a mean score.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
+
+import numpy as np
 
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
 
@@ -94,3 +97,21 @@ def spread(values: Sequence[float]) -> dict[str, float | int | None]:
   sd = (math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1))
         if len(vals) > 1 else None)
   return {"seeds": len(vals), "mean": mean, "min": min(vals), "max": max(vals), "sd": sd}
+
+
+def bootstrap_mean(values: Sequence[float], resamples: int = 2000, seed: int = 0,
+                   level: float = 0.95) -> dict[str, float | int | None]:
+  """Mean with a percentile bootstrap interval (for reward-model scores, which are not
+  proportions): {"n", "mean", "low", "high"}; all None but n when there are no values."""
+  vals = np.asarray([v for v in values if v is not None], np.float64)
+  if vals.size == 0:
+    return {"n": 0, "mean": None, "low": None, "high": None}
+  if resamples < 1 or not 0 < level < 1:
+    raise ValueError(f"bootstrap_mean: resamples={resamples} must be >= 1 and level={level} "
+                     "in (0, 1)")
+  rng = np.random.default_rng(seed)
+  means = vals[rng.integers(0, vals.size, (resamples, vals.size))].mean(axis=1)
+  tail = 100 * (1 - level) / 2
+  low, high = np.percentile(means, [tail, 100 - tail])
+  return {"n": int(vals.size), "mean": float(vals.mean()), "low": float(low),
+          "high": float(high)}
