@@ -16,8 +16,7 @@ import pathlib
 from collections.abc import Sequence
 
 from alignment.evaluation import report
-from alignment.evaluation.records import read_answers
-from alignment.jobs.evaluate import ANSWERS_FILE, RESULT_FILE
+from alignment.evaluation.records import ANSWERS_FILE, RESULT_FILE, read_answers
 
 
 def _read_json(path: pathlib.Path) -> dict:

@@ -5,6 +5,7 @@ import json
 import jax
 import numpy as np
 
+from alignment import lora as lora_lib
 from alignment.checkpoints.loading import load_model
 from alignment.jobs import common, demo
 from alignment.prompts import get_template
@@ -44,7 +45,7 @@ def test_demo_answers_before_and_after_its_sft_run(tmp_path, data_dir, capsys):
       out["prompts"], config.demo.max_new_tokens).text
   assert sample(base) == out["before"]
   lcfg = common.lora_config(config.lora)
-  merged = jax.jit(lambda p: common.merged_params(p, lcfg))(out["sft"]["state"].params)
+  merged = jax.jit(lambda p: lora_lib.decoder_params(p, lcfg))(out["sft"]["state"].params)
   assert sample(merged) == out["after"]
   assert not all(np.allclose(a, b) for a, b in
                  zip(jax.tree.leaves(merged), jax.tree.leaves(base)))

@@ -8,6 +8,7 @@ import pytest
 
 from alignment import lora as lora_lib
 from alignment.jobs import sft
+from alignment.training import losses
 from configs import sft as sft_config
 from tiny_sentencepiece import train_tiny_tokenizer
 
@@ -100,7 +101,7 @@ def test_unmerged_lora_and_chunked_loss_match_the_merged_full_logits_loss():
   batch = {"tokens": tokens, "loss_mask": loss_mask}
 
   def value_and_grad(**options):
-    loss_fn = sft.make_loss_fn(cfg, lcfg, **options)
+    loss_fn = losses.sft_loss_fn(cfg, lcfg, **options)
     (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, None)
     return loss, grads
 

@@ -15,6 +15,10 @@ from collections.abc import Iterable
 from alignment.data.readers import DataError, read_jsonl, require
 
 LABELS = ("safe", "unsafe")
+# What an evaluation directory holds: one AnswerRecord per line, and the summary written last
+# (its presence marks a finished evaluation).
+ANSWERS_FILE = "answers.jsonl"
+RESULT_FILE = "result.json"
 
 
 @dataclasses.dataclass(frozen=True)

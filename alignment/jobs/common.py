@@ -1,5 +1,5 @@
-"""Pieces every training job shares: run directory, mesh, model + LoRA parameters,
-optimizer, checkpointer. Each takes its config section and returns library objects.
+"""Pieces every job shares: run directory, mesh, model + LoRA parameters, the trainer.
+Each takes its config section and returns library objects (`alignment.training.trainer`).
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import dataclasses
 import json
 import math
 import pathlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -17,13 +17,13 @@ import ml_collections
 from alignment import lora as lora_lib
 from alignment import sharding
 from alignment.checkpoints.loading import load_model
-from alignment.model.config import ModelConfig
 from alignment.prompts import get_template
 from alignment.prompts.templates import PromptTemplate
+from alignment.rl.finetune import ExampleData, ExampleTrainer
 from alignment.sampling import SamplingParams
-from alignment.training import checkpointing, distributed, loop, optimizer, run_identity
-from alignment.training import step as step_lib
-from alignment.training import train_state as train_state_lib
+from alignment.training import distributed, run_identity
+from alignment.training.trainer import (Trainable, Trainer, TrainerConfig, make_checkpointer,
+                                        make_trainable)
 
 
 MAX_LEARNING_RATE = 1e3  # far above any rate that trains; larger ones are typos
@@ -72,48 +72,10 @@ def lora_config(section: ml_collections.ConfigDict) -> lora_lib.LoraConfig | Non
                              targets=targets)
 
 
-@dataclasses.dataclass
-class Trainable:
-  """The parameters a job optimises: {"base": decoder, "lora": adapters or {}} (+ extras).
-
-  With LoRA the base is frozen (no optimizer state); otherwise everything trains.
-  """
-
-  model_config: ModelConfig
-  params: dict[str, Any]
-  lora: lora_lib.LoraConfig | None
-  tokenizer: Any
-  frozen: tuple[str, ...]
-  shardings: dict[str, Any]
-
-
-def load_trainable(config: ml_collections.ConfigDict, mesh, rng: jax.Array,
-                   extra_params: dict[str, Any] | None = None,
-                   extra_axes: dict[str, Any] | None = None) -> Trainable:
+def load_trainable(config: ml_collections.ConfigDict, mesh, rng: jax.Array) -> Trainable:
   """Loads the model named by `config.model` and makes it trainable per `config.lora`."""
   cfg, base, tokenizer = load_model(config.model)
-  return make_trainable(cfg, base, tokenizer, lora_config(config.lora), mesh, rng,
-                        extra_params, extra_axes)
-
-
-def make_trainable(cfg: ModelConfig, base: Any, tokenizer: Any,
-                   lcfg: lora_lib.LoraConfig | None, mesh, rng: jax.Array,
-                   extra_params: dict[str, Any] | None = None,
-                   extra_axes: dict[str, Any] | None = None) -> Trainable:
-  """Adds adapters (if `lcfg`) and extra parameter trees to a decoder and places everything
-  on the mesh by the logical-axis rules."""
-  params: dict[str, Any] = {"base": base, "lora": {}}
-  shardings: dict[str, Any] = {"base": sharding.param_shardings(cfg, mesh), "lora": {}}
-  if lcfg is not None:
-    params["lora"] = lora_lib.init_adapters(cfg, lcfg, rng)
-    shardings["lora"] = sharding.logical_to_shardings(
-        lora_lib.adapter_logical_axes(cfg, lcfg), jax.eval_shape(lambda: params["lora"]), mesh)
-  for name, value in (extra_params or {}).items():
-    params[name] = value
-    shardings[name] = sharding.logical_to_shardings(
-        (extra_axes or {})[name], jax.eval_shape(lambda v=value: v), mesh)
-  frozen = ("^base/",) if lcfg is not None else ()
-  return Trainable(cfg, params, lcfg, tokenizer, frozen, shardings)
+  return make_trainable(cfg, base, tokenizer, lora_config(config.lora), mesh, rng)
 
 
 def require_tokenizer(tokenizer: Any, model: ml_collections.ConfigDict | dict) -> Any:
@@ -174,45 +136,35 @@ def prepare(config: ml_collections.ConfigDict, job: str, num_rngs: int = 1,
   return Prepared(workdir, mesh, trainable, rngs, get_template(name) if name else None)
 
 
-def merged_params(trainable_params: dict[str, Any], lcfg: lora_lib.LoraConfig | None,
-                  dropout_rng: jax.Array | None = None) -> Any:
-  """The decoder parameters the model runs with: base (+ adapters when LoRA is on)."""
-  if lcfg is None:
-    return trainable_params["base"]
-  base = jax.lax.stop_gradient(trainable_params["base"])
-  return lora_lib.merge(base, trainable_params["lora"], lcfg, dropout_rng)
+def trainer_config(config: ml_collections.ConfigDict, steps: int | None = None
+                   ) -> TrainerConfig:
+  return TrainerConfig.from_sections(config.train, config.checkpoint, steps)
 
 
-def optimizer_config(train: ml_collections.ConfigDict,
-                     frozen: tuple[str, ...]) -> optimizer.OptimizerConfig:
-  return optimizer.OptimizerConfig(
-      learning_rate=train.learning_rate, schedule=train.schedule,
-      # Warmup must leave at least one decay step (optax's cosine needs one).
-      warmup_steps=min(train.warmup_steps, max(train.steps // train.grad_accum_steps - 1, 0)),
-      total_steps=train.steps // train.grad_accum_steps, weight_decay=train.weight_decay,
-      max_grad_norm=train.max_grad_norm or None, grad_accum_steps=train.grad_accum_steps,
-      frozen=frozen)
+def make_trainer(config: ml_collections.ConfigDict, trainable: Trainable, loss_fn: Callable,
+                 rng: jax.Array, mesh, steps: int | None = None) -> Trainer:
+  """The run's `Trainer` under `config.train` / `config.checkpoint`; checkpoints carry the
+  whole config (a resumed run is checked against it)."""
+  return Trainer(trainable, loss_fn, trainer_config(config, steps), mesh, rng,
+                 run_config=json.loads(config.to_json_best_effort()))
 
 
-def new_state(trainable: Trainable, tx, rng: jax.Array, mesh):
-  return train_state_lib.train_state_from_params(trainable.params, tx, rng, mesh,
-                                                 trainable.shardings)
+def checkpointer(config: ml_collections.ConfigDict, workdir: pathlib.Path,
+                 trainable: Trainable):
+  """The run's checkpointer, for a job with its own loop (PPO)."""
+  c = config.checkpoint
+  return make_checkpointer(trainable, workdir, c.every, c.keep, c.async_save,
+                           json.loads(config.to_json_best_effort()))
 
 
-def compile_training(config: ml_collections.ConfigDict, trainable: Trainable, loss_fn: Callable,
-                     rng: jax.Array, mesh, example_batch: Any
-                     ) -> tuple[optimizer.OptimizerConfig, Any, Callable]:
-  """(optimizer config, fresh train state, jitted train step) for `loss_fn` under
-  `config.train`; `example_batch` fixes the batch shardings."""
-  opt_cfg = optimizer_config(config.train, trainable.frozen)
-  tx = optimizer.make_optimizer(opt_cfg)
-  state = new_state(trainable, tx, rng, mesh)
-  dtype = trainable.model_config.dtype
-  train_step = step_lib.jit_train_step(
-      step_lib.make_train_step(loss_fn, tx, None if dtype == "float32" else dtype),
-      train_state_lib.state_shardings_of(state), sharding.batch_shardings(mesh, example_batch),
-      sharding.replicated(mesh))
-  return opt_cfg, state, train_step
+def example_trainer(config: ml_collections.ConfigDict, trainable: Trainable, mesh,
+                    template: PromptTemplate, rng: jax.Array, total_steps: int
+                    ) -> ExampleTrainer:
+  """The SFT trainer of a job that trains on its own samples, `total_steps` over all rounds."""
+  data = ExampleData(max_length=config.data.max_length, batch_size=config.train.batch_size,
+                     packing=config.data.packing, seed=config.seed)
+  return ExampleTrainer(trainable, trainer_config(config, total_steps), data, mesh, template,
+                        rng, run_config=json.loads(config.to_json_best_effort()))
 
 
 def save_lora(workdir: pathlib.Path, params: dict[str, Any],
@@ -223,48 +175,6 @@ def save_lora(workdir: pathlib.Path, params: dict[str, Any],
   path = workdir / "adapters.npz"
   lora_lib.save_adapters(path, jax.device_get(params["lora"]), lcfg)
   return {"adapters": str(path)}
-
-
-def checkpointer(config: ml_collections.ConfigDict, workdir: pathlib.Path,
-                 trainable: Trainable | None = None) -> checkpointing.Checkpointer:
-  """The run's checkpointer; with LoRA the frozen base is not written (the job reloads it)."""
-  skip = ("base",) if trainable is not None and trainable.lora is not None else ()
-  return checkpointing.Checkpointer(
-      checkpointing.CheckpointConfig(str(workdir / "checkpoints"),
-                                     save_every=config.checkpoint.every,
-                                     max_to_keep=config.checkpoint.keep,
-                                     async_save=config.checkpoint.async_save,
-                                     skip_params=skip),
-      run_config=json.loads(config.to_json_best_effort()))
-
-
-def loop_config(train: ml_collections.ConfigDict, directory: pathlib.Path | str,
-                num_steps: int | None = None) -> loop.LoopConfig:
-  return loop.LoopConfig(num_steps=train.steps if num_steps is None else num_steps,
-                         log_every=train.log_every, output_dir=str(directory),
-                         progress_bar=train.progress_bar)
-
-
-def train_with_evaluation(config: ml_collections.ConfigDict, workdir: pathlib.Path, state,
-                          train_step: Callable, batches: Iterator,
-                          ckpt: checkpointing.Checkpointer, mesh,
-                          opt_cfg: optimizer.OptimizerConfig,
-                          evaluate: Callable[[int, Any], Any]) -> loop.TrainResult:
-  """`loop.train` calling `evaluate(step, state)` every `config.eval.every` steps, and once
-  more at the end unless the last step was just evaluated (so a run always ends measured)."""
-  evaluated: list[int] = []
-
-  def hook(step: int, state) -> Any:
-    evaluated.append(step)
-    return evaluate(step, state)
-
-  result = loop.train(loop_config(config.train, workdir), state, train_step, batches, ckpt,
-                      mesh=mesh, learning_rate_fn=lambda s: optimizer.learning_rate_at(opt_cfg, s),
-                      hooks=[loop.Hook(config.eval.every, hook)])
-  final_step = int(result.state.step)
-  if not evaluated or evaluated[-1] != final_step:
-    evaluate(final_step, result.state)
-  return result
 
 
 def data_dir(config: ml_collections.ConfigDict) -> str | None:

@@ -28,7 +28,6 @@ from alignment.rl import context_distillation as cd
 from alignment.rl import generation
 from alignment.rl import prompts as prompts_lib
 from alignment.rl import rejection_sampling as rs
-from alignment.rl.finetune import ExampleTrainer
 from alignment.training import distributed
 
 log = logging.getLogger(__name__)
@@ -63,7 +62,8 @@ def run(config: ml_collections.ConfigDict, reward_fn: rs.RewardFn | None = None
     raise ValueError("no prompts left for distillation after holding out eval.num_prompts")
   if reward_fn is None and config.distill.reward:
     reward_fn = rs.get_reward(config.distill.reward, config.distill.reward_batch_size)
-  trainer = ExampleTrainer(config, trainable, mesh, template, state_rng, config.train.steps)
+  trainer = common.example_trainer(config, trainable, mesh, template, state_rng,
+                                   config.train.steps)
   greedy = ml_collections.ConfigDict(dict(config.sampling.to_dict(), temperature=0.0))
 
   figures: dict[str, Any] = {}

@@ -11,6 +11,7 @@ from typing import Any
 import jax
 import ml_collections
 
+from alignment import lora as lora_lib
 from alignment.checkpoints.loading import load_model
 from alignment.evaluation.refusal import classify_refusal
 from alignment.jobs import common, sft
@@ -33,7 +34,7 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   before = _answers(cfg, base, tokenizer, template, prompts, d.max_new_tokens)
   del base
   out = sft.run(config)
-  merged = jax.jit(lambda p: common.merged_params(p, common.lora_config(config.lora)))(
+  merged = jax.jit(lambda p: lora_lib.decoder_params(p, common.lora_config(config.lora)))(
       out["state"].params)
   after = _answers(cfg, merged, tokenizer, template, prompts, d.max_new_tokens)
 

@@ -108,8 +108,8 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   example = batching.pad_pair_batch(train_pairs[:config.train.batch_size], pipe.buckets,
                                     pad_id, rows=rows)
 
-  opt_cfg, state, train_step = common.compile_training(
-      config, trainable, dpo.make_loss_fn(cfg, lcfg, dpo_cfg), state_rng, mesh, example)
+  trainer = common.make_trainer(config, trainable, dpo.make_loss_fn(cfg, lcfg, dpo_cfg),
+                                state_rng, mesh)
   eval_fn = make_eval_fn(cfg, lcfg, dpo_cfg)
   history: list[dict[str, Any]] = []
 
@@ -122,11 +122,13 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
       log.info("validation at step %d: %s", step, json.dumps(record))
     return record
 
-  with common.checkpointer(config, workdir, trainable) as ckpt, batches:
+  def at_start(ckpt) -> None:  # the starting model's validation, on a fresh run only
     if config.eval.at_start and (ckpt.latest_step() or 0) == 0:
-      evaluate(0, state)
-    result = common.train_with_evaluation(config, workdir, state, train_step, batches, ckpt,
-                                          mesh, opt_cfg, evaluate)
+      evaluate(0, trainer.state)
+
+  with batches:
+    result = trainer.fit(batches, example, workdir, evaluate=evaluate,
+                         evaluate_every=config.eval.every, before=at_start)
   final_state = result.state
 
   outputs: dict[str, Any] = {}

@@ -41,15 +41,13 @@ from alignment.data import sources
 from alignment.data.records import EvalPrompt
 from alignment.evaluation import attacks as attacks_lib
 from alignment.evaluation import generation, report, scorers
-from alignment.evaluation.records import AnswerRecord, write_answers
+from alignment.evaluation.records import ANSWERS_FILE, RESULT_FILE, AnswerRecord, write_answers
 from alignment.jobs import common
 from alignment.prompts.templates import PromptTemplate
 from alignment.sampling import Sampler, SamplingParams
 
 log = logging.getLogger(__name__)
 
-ANSWERS_FILE = "answers.jsonl"
-RESULT_FILE = "result.json"
 QUANTIZE_SCHEMES = ("int8", "int4")  # config.quantize; '' = full precision
 UNSAFE = "unsafe"  # config.attack_sets: every evaluated set's prompts labelled unsafe
 

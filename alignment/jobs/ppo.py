@@ -30,10 +30,12 @@ from alignment.rl import ppo
 from alignment.rl import prompts as prompts_lib
 from alignment.rl.roles import Policy, Reference, Rollouts, ValueModel, make_reward
 from alignment.sampling import SamplingParams, bucket_size, generate
-from alignment.training import distributed, metrics as metrics_lib, optimizer
+from alignment.training import distributed, metrics as metrics_lib
+from alignment.training import optimizer as optimizer_lib
 from alignment.training import step as step_lib
 from alignment.training import train_state as train_state_lib
 from alignment.training.checkpointing import abstract_like
+from alignment.training.trainer import Trainable, TrainerConfig
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +94,7 @@ class PPOTrainer:
   """Holds the roles and compiled functions. One iteration is `generate` -> `score` ->
   `train`; the loop in `run` and the benchmark both drive these three."""
 
-  def __init__(self, config: ml_collections.ConfigDict, trainable: common.Trainable, mesh,
+  def __init__(self, config: ml_collections.ConfigDict, trainable: Trainable, mesh,
                reward_fn, reference_params: Any | None = None):
     self.config = config
     self.mesh = mesh
@@ -113,12 +115,13 @@ class PPOTrainer:
     self.score_fn = ppo.make_score_fn(self.policy, self.reference, self.value_model)
     self.advantage_fn = ppo.make_advantage_fn(self.ppo)
     updates = config.train.iterations * config.ppo.epochs * config.ppo.num_minibatches
-    self.optimizer_config = optimizer.OptimizerConfig(
-        learning_rate=config.train.learning_rate, schedule=config.train.schedule,
-        warmup_steps=min(config.train.warmup_steps, updates), total_steps=updates,
-        weight_decay=config.train.weight_decay,
-        max_grad_norm=config.train.max_grad_norm or None, frozen=trainable.frozen)
-    self.tx = optimizer.make_optimizer(self.optimizer_config)
+    t = config.train
+    # The same optimizer settings (and warmup guard) as every other trainer, over updates.
+    self.optimizer_config = TrainerConfig(
+        steps=updates, learning_rate=t.learning_rate, schedule=t.schedule,
+        warmup_steps=t.warmup_steps, weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm or None).optimizer(trainable.frozen)
+    self.tx = optimizer_lib.make_optimizer(self.optimizer_config)
     self.compute_dtype = None if cfg.dtype == "float32" else cfg.dtype
 
   def _end_of_turn(self) -> tuple[int, ...]:
@@ -127,8 +130,9 @@ class PPOTrainer:
     except KeyError:
       return ()
 
-  def new_state(self, trainable: common.Trainable, rng: jax.Array):
-    return common.new_state(trainable, self.tx, rng, self.mesh)
+  def new_state(self, trainable: Trainable, rng: jax.Array):
+    return train_state_lib.train_state_from_params(trainable.params, self.tx, rng, self.mesh,
+                                                   trainable.shardings)
 
   def update(self, state, minibatch):
     """One jitted optimizer step on a mini-batch (state buffers donated)."""
@@ -210,7 +214,7 @@ class PPOTrainer:
     return state, {k: float(np.mean([v[k] for v in values])) for k in values[0]}
 
 
-def load_trainable(config: ml_collections.ConfigDict, mesh, rng: jax.Array) -> common.Trainable:
+def load_trainable(config: ml_collections.ConfigDict, mesh, rng: jax.Array) -> Trainable:
   """The policy's {"base", "lora"} (see `common.load_trainable`) plus the critic's "value"."""
   # An SFT start (config.model.adapters) is merged into the base at load: it is the reference.
   trainable = common.load_trainable(config, mesh, rng)

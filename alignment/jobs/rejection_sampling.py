@@ -22,7 +22,6 @@ from alignment.jobs import common
 from alignment.rl import generation
 from alignment.rl import prompts as prompts_lib
 from alignment.rl import rejection_sampling as rs
-from alignment.rl.finetune import ExampleTrainer
 from alignment.sampling import Sampler, SamplingParams
 from alignment.training import distributed
 
@@ -93,7 +92,8 @@ def run(config: ml_collections.ConfigDict, reward_fn: rs.RewardFn | None = None
   inputs = [template.format(p) for p in prompts]  # what the policy reads (= training prompts)
   reward = reward_fn or make_reward(config.rs, loaded)
   rounds, steps = config.rs.rounds, config.train.steps
-  trainer = ExampleTrainer(config, trainable, mesh, template, state_rng, rounds * steps)
+  trainer = common.example_trainer(config, trainable, mesh, template, state_rng,
+                                   rounds * steps)
 
   history: list[dict[str, Any]] = []
   for r in range(rounds):

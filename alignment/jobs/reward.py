@@ -24,7 +24,7 @@ from alignment.reward import data as reward_data
 from alignment.reward import evaluate, losses
 from alignment.reward import model as reward_model
 from alignment.reward.saved import save_reward_model
-from alignment.training import distributed, loop, optimizer
+from alignment.training import distributed
 
 log = logging.getLogger(__name__)
 
@@ -102,13 +102,10 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   example = batching.pad_pair_batch(train_pairs[:config.train.batch_size],
                                     pipe.validated().buckets, max(pad_id, 0))
 
-  opt_cfg, state, train_step = common.compile_training(
-      config, trainable, losses.make_loss_fn(cfg, lcfg, loss_cfg), state_rng, mesh, example)
-
-  with common.checkpointer(config, workdir, trainable) as ckpt, batches:
-    result = loop.train(
-        common.loop_config(config.train, workdir), state, train_step, batches, ckpt, mesh=mesh,
-        learning_rate_fn=lambda s: optimizer.learning_rate_at(opt_cfg, s))
+  trainer = common.make_trainer(config, trainable, losses.make_loss_fn(cfg, lcfg, loss_cfg),
+                                state_rng, mesh)
+  with batches:
+    result = trainer.fit(batches, example, workdir)
   params = result.state.params
 
   @jax.jit

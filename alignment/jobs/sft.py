@@ -62,49 +62,6 @@ def _text_digest(example) -> str:
   return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def make_loss_fn(cfg, lcfg, unmerged: bool = False, logits_chunk: int = 0):
-  """The SFT training loss over {"base", "lora"} params.
-
-  `unmerged`: LoRA as low-rank paths beside the frozen projections (x W + s (x A) B), so the
-  base gets no weight gradient; otherwise the adapters are merged into the weights first
-  (fewer, larger matmuls: faster on a CPU, see docs/PERFORMANCE.md). `logits_chunk` > 0
-  computes the cross-entropy that many positions at a time, never the full [B, T, V] logits.
-  """
-  lm_loss = losses.language_model_loss(cfg, logits_chunk or None)
-
-  def loss_fn(params, batch, rng):
-    if unmerged and lcfg is not None:
-      paths = lora_lib.adapter_paths(params["lora"], lcfg, rng)
-      return lm_loss(jax.lax.stop_gradient(params["base"]), batch, rng, lora=paths)
-    return lm_loss(common.merged_params(params, lcfg, rng), batch, rng)
-
-  return loss_fn
-
-
-def make_eval_fn(cfg, lcfg):
-  lm_loss = losses.language_model_loss(cfg)
-
-  @jax.jit
-  def eval_fn(params, batch):
-    loss, aux = lm_loss(common.merged_params(params, lcfg), batch, jax.random.key(0))
-    return loss * aux["num_target_tokens"], aux["num_target_tokens"]
-
-  return eval_fn
-
-
-def held_out_loss(eval_fn, params, batches, num_batches: int, mesh) -> float:
-  total, count = 0.0, 0.0
-  for _ in range(num_batches):
-    try:
-      batch = next(batches)
-    except StopIteration:
-      break
-    loss_sum, n = eval_fn(params, distributed.global_batch(batch, mesh))
-    total += float(loss_sum)
-    count += float(n)
-  return total / max(count, 1.0)
-
-
 def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   # The data first: its fingerprint is checked against a resumed run's before any write.
   train_examples, eval_examples, mixture_report = build_data(config)
@@ -125,23 +82,19 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   eval_pipe = dataclasses.replace(pipe, shuffle=False, num_epochs=1, packing=False)
 
   example = pipeline.example_sft_batch(pipe)
-  if config.train.logits_chunk < 0:
-    raise ValueError(f"config.train.logits_chunk={config.train.logits_chunk} must be >= 0 "
-                     "(0 = the full logits)")
-  loss_fn = make_loss_fn(cfg, lcfg, config.lora.unmerged, config.train.logits_chunk)
-  opt_cfg, state, train_step = common.compile_training(config, trainable, loss_fn, state_rng,
-                                                       mesh, example)
-  eval_fn = make_eval_fn(cfg, lcfg)
+  loss_fn = losses.sft_loss_fn(cfg, lcfg, config.lora.unmerged, config.train.logits_chunk)
+  trainer = common.make_trainer(config, trainable, loss_fn, state_rng, mesh)
+  eval_fn = losses.sft_eval_fn(cfg, lcfg)
   prompts = [p.strip() for p in config.eval.prompts.split("|") if p.strip()]
-  merge = jax.jit(lambda p: common.merged_params(p, lcfg))
+  merge = jax.jit(lambda p: lora_lib.decoder_params(p, lcfg))
   history: list[dict[str, Any]] = []
 
   def evaluate(step: int, state) -> dict[str, Any]:
     record: dict[str, Any] = {"step": step}
     if eval_examples:
       with pipeline.make_batches(eval_examples, tokenizer, template, eval_pipe) as eval_batches:
-        record["eval_loss"] = held_out_loss(eval_fn, state.params, eval_batches,
-                                            config.eval.batches, mesh)
+        record["eval_loss"] = losses.held_out_loss(eval_fn, state.params, eval_batches,
+                                                   config.eval.batches, mesh)
     if prompts:
       sampler = Sampler(cfg, merge(state.params), tokenizer, template=template)
       record["samples"] = dict(zip(prompts, sampler(prompts, config.eval.max_new_tokens).text))
@@ -150,9 +103,9 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
       log.info("step %d: %s", step, json.dumps(record, ensure_ascii=False)[:2000])
     return record
 
-  with common.checkpointer(config, workdir, trainable) as ckpt, batches:
-    result = common.train_with_evaluation(config, workdir, state, train_step, batches, ckpt,
-                                          mesh, opt_cfg, evaluate)
+  with batches:
+    result = trainer.fit(batches, example, workdir, evaluate=evaluate,
+                         evaluate_every=config.eval.every)
   final_state = result.state
 
   outputs: dict[str, Any] = {}

@@ -153,6 +153,16 @@ def merge(base: Params, adapters: Params, lora: LoraConfig,
   return merged
 
 
+def decoder_params(params: Params, lora: LoraConfig | None,
+                   dropout_rng: jax.Array | None = None) -> Params:
+  """The decoder a trainable tree {"base", "lora"} runs as: the frozen base with its adapters
+  merged in (no gradient reaches the base), or the base itself when `lora` is None (full
+  fine-tuning, where the base is what trains)."""
+  if lora is None:
+    return params["base"]
+  return merge(jax.lax.stop_gradient(params["base"]), params["lora"], lora, dropout_rng)
+
+
 def adapter_paths(adapters: Params, lora: LoraConfig,
                   dropout_rng: jax.Array | None = None) -> dict[str, dict[str, LowRank]]:
   """The decoder's low-rank paths (`model.forward(..., lora=...)`) for these adapters.

@@ -78,10 +78,7 @@ class Policy:
   lora: lora_lib.LoraConfig | None
 
   def decoder(self, params: Params, dropout_rng: Array | None = None) -> Params:
-    if self.lora is None:
-      return params["base"]
-    return lora_lib.merge(jax.lax.stop_gradient(params["base"]), params["lora"], self.lora,
-                          dropout_rng)
+    return lora_lib.decoder_params(params, self.lora, dropout_rng)
 
   def logits(self, params: Params, batch: dict[str, Array],
              dropout_rng: Array | None = None) -> Array:
@@ -137,8 +134,8 @@ class ValueModel:
     if self.lora is None:
       backbone = value["backbone"]
     else:
-      backbone = lora_lib.merge(jax.lax.stop_gradient(params["base"]), value["lora"],
-                                self.lora, dropout_rng)
+      backbone = lora_lib.decoder_params({"base": params["base"], "lora": value["lora"]},
+                                         self.lora, dropout_rng)
     return {"backbone": backbone, "w": value["head"]["w"], "b": value["head"]["b"]}
 
   def values(self, params: Params, batch: dict[str, Array],

@@ -1,6 +1,7 @@
 """Reusable training core: optimizer, train state, step, checkpoints, metrics and loop.
 
-Typical use (a job module wires these together):
+Jobs use `trainer.Trainer` (state, compiled step, checkpointer, `fit`); underneath it, the
+pieces wire together like this:
 
     mesh = sharding.make_mesh(mesh_config)
     tx = optimizer.make_optimizer(optimizer_config)

@@ -4,6 +4,9 @@ With a large vocabulary the [B, T, V] logits dominate activation memory (Gemma 3
 so 1 MiB of float32 logits per token, plus as much again for their gradient). The chunked
 form computes the same loss from the final hidden states a few positions at a time and
 recomputes each chunk's logits in the backward pass, so only [B, chunk, V] is ever live.
+
+`sft_loss_fn` / `sft_eval_fn` wrap it for trainable trees {"base", "lora"} (SFT, rejection
+sampling and distillation rounds all train with it).
 """
 
 from __future__ import annotations
@@ -14,8 +17,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from alignment import lora as lora_lib
 from alignment import model
 from alignment.model.layers import soft_cap
+from alignment.training import distributed
 
 Array = jax.Array
 
@@ -120,3 +125,51 @@ def language_model_loss(config: model.ModelConfig, logits_chunk: int | None = No
     return loss, {"num_target_tokens": count}
 
   return loss_fn
+
+
+def sft_loss_fn(cfg: model.ModelConfig, lcfg: lora_lib.LoraConfig | None,
+                unmerged: bool = False, logits_chunk: int = 0) -> Callable:
+  """The SFT training loss over {"base", "lora"} params.
+
+  `unmerged`: LoRA as low-rank paths beside the frozen projections (x W + s (x A) B), so the
+  base gets no weight gradient; otherwise the adapters are merged into the weights first
+  (fewer, larger matmuls: faster on a CPU, see docs/PERFORMANCE.md). `logits_chunk` > 0
+  computes the cross-entropy that many positions at a time, never the full [B, T, V] logits.
+  """
+  if logits_chunk < 0:
+    raise ValueError(f"train.logits_chunk={logits_chunk} must be >= 0 (0 = the full logits)")
+  lm_loss = language_model_loss(cfg, logits_chunk or None)
+
+  def loss_fn(params, batch, rng):
+    if unmerged and lcfg is not None:
+      paths = lora_lib.adapter_paths(params["lora"], lcfg, rng)
+      return lm_loss(jax.lax.stop_gradient(params["base"]), batch, rng, lora=paths)
+    return lm_loss(lora_lib.decoder_params(params, lcfg, rng), batch, rng)
+
+  return loss_fn
+
+
+def sft_eval_fn(cfg: model.ModelConfig, lcfg: lora_lib.LoraConfig | None) -> Callable:
+  """Jitted (params, batch) -> (summed token loss, target tokens), for held-out loss."""
+  lm_loss = language_model_loss(cfg)
+
+  @jax.jit
+  def eval_fn(params, batch):
+    loss, aux = lm_loss(lora_lib.decoder_params(params, lcfg), batch, jax.random.key(0))
+    return loss * aux["num_target_tokens"], aux["num_target_tokens"]
+
+  return eval_fn
+
+
+def held_out_loss(eval_fn: Callable, params: Any, batches, num_batches: int, mesh) -> float:
+  """Mean token loss over up to `num_batches` batches (weighted by target tokens)."""
+  total, count = 0.0, 0.0
+  for _ in range(num_batches):
+    try:
+      batch = next(batches)
+    except StopIteration:
+      break
+    loss_sum, n = eval_fn(params, distributed.global_batch(batch, mesh))
+    total += float(loss_sum)
+    count += float(n)
+  return total / max(count, 1.0)

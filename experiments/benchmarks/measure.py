@@ -21,8 +21,7 @@ import numpy as np
 
 from alignment import lora as lora_lib
 from alignment import sharding
-from alignment.jobs import common, sections
-from alignment.jobs.sft import make_loss_fn
+from alignment.training.trainer import make_trainable
 from alignment.sampling import sampler as sampler_lib
 from alignment.training import losses, metrics, optimizer
 from alignment.training import step as step_lib
@@ -45,13 +44,15 @@ def random_batch(vocab_size: int, batch_size: int, seq_len: int, seed: int = 0) 
 
 
 def model_section(model: str, checkpoint: str, dtype: str) -> ml_collections.ConfigDict:
-  return sections.model(checkpoint=checkpoint, preset=model, dtype=dtype)
+  """A config `model` section (what `checkpoints.loading.load_model` reads)."""
+  return ml_collections.ConfigDict(dict(checkpoint=checkpoint, preset=model, dtype=dtype,
+                                        tokenizer="", adapters=""))
 
 
 def sft_loss_fn(cfg, lcfg: lora_lib.LoraConfig | None, unmerged: bool = False,
                 logits_chunk: int | None = None):
-  """The SFT loss with LoRA merged into the weights (what `sft.make_loss_fn` computed when
-  this was written) or applied unmerged (`adapter_paths`), with full or chunked logits."""
+  """The SFT loss with LoRA merged into the weights or applied unmerged (`adapter_paths`),
+  with full or chunked logits; full fine-tuning trains the base."""
   lm_loss = losses.language_model_loss(cfg, logits_chunk)
 
   def loss_fn(params, batch, rng):
@@ -60,7 +61,7 @@ def sft_loss_fn(cfg, lcfg: lora_lib.LoraConfig | None, unmerged: bool = False,
     if unmerged:
       return lm_loss(jax.lax.stop_gradient(params["base"]), batch, rng,
                      lora=lora_lib.adapter_paths(params["lora"], lcfg, rng))
-    return lm_loss(common.merged_params(params, lcfg, rng), batch, rng)
+    return lm_loss(lora_lib.decoder_params(params, lcfg, rng), batch, rng)
 
   return loss_fn
 
@@ -69,17 +70,18 @@ def build_train(cfg, base: Any, lcfg: lora_lib.LoraConfig | None, batch: dict,
                 mesh: jax.sharding.Mesh, loss_fn=None) -> tuple[Any, Any, float]:
   """(compiled step, initial state, compile seconds) for a training step of `cfg`.
 
-  Mirrors `alignment.jobs.common.load_trainable` + `sft.run` without the data pipeline;
-  `loss_fn(params, batch, rng)` defaults to the SFT job's loss.
+  The SFT job's trainable and step without the data pipeline; `loss_fn(params, batch, rng)`
+  defaults to the SFT loss (`losses.sft_loss_fn`).
   """
   rng = jax.random.key(0)
-  trainable = common.make_trainable(cfg, base, None, lcfg, mesh, rng)
+  trainable = make_trainable(cfg, base, None, lcfg, mesh, rng)
   tx = optimizer.make_optimizer(optimizer.OptimizerConfig(
       learning_rate=1e-5, schedule="constant", frozen=trainable.frozen))
-  state = common.new_state(trainable, tx, rng, mesh)
+  state = train_state_lib.train_state_from_params(trainable.params, tx, rng, mesh,
+                                                  trainable.shardings)
   compute_dtype = None if cfg.dtype == "float32" else cfg.dtype
   step = step_lib.jit_train_step(
-      step_lib.make_train_step(loss_fn or make_loss_fn(cfg, lcfg), tx, compute_dtype),
+      step_lib.make_train_step(loss_fn or losses.sft_loss_fn(cfg, lcfg), tx, compute_dtype),
       train_state_lib.state_shardings_of(state), sharding.batch_shardings(mesh, batch),
       sharding.replicated(mesh))
   start = time.perf_counter()
