@@ -1,5 +1,6 @@
 """Fault injection on the tiny SFT preset: a changed config or data on resume, a checkpoint of
-another shape, a learning rate that blows up, SIGTERM mid-run (see docs/RELIABILITY.md)."""
+another shape, a learning rate that blows up, SIGTERM mid-run, a second process on one
+workdir, writes killed midway (see docs/RELIABILITY.md)."""
 
 import json
 import os
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 
 from alignment.jobs import common, sft
-from alignment.training import checkpointing, loop, run_identity
+from alignment.training import atomic, checkpointing, loop, run_identity, run_lock
 from configs import sft as sft_config
 from tiny_sentencepiece import train_tiny_tokenizer
 
@@ -168,3 +169,54 @@ def test_sigterm_saves_reports_preempted_and_the_rerun_finishes(tokenizer_path, 
   assert result["train"]["status"] == "completed"
   assert result["train"]["start_step"] == stopped
   assert result["train"]["final_step"] == stopped + 2
+
+
+# Holds a workdir's lock in another process until killed.
+HOLD_LOCK = ("import sys, time\nfrom alignment.training import run_lock\n"
+             "run_lock.RunLock(sys.argv[1]).acquire()\nprint('held', flush=True)\ntime.sleep(600)")
+
+
+def test_a_second_process_on_one_workdir_stops_at_once_naming_the_holder(
+    finished_run, tokenizer_path, tmp_path):
+  workdir = copy_of(finished_run, tmp_path)
+  env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+  holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(workdir)], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == "held"
+    before = snapshot(workdir)
+    t0 = time.perf_counter()
+    with pytest.raises(run_lock.WorkdirLockedError) as error:
+      sft.run(tiny_config(workdir, tokenizer_path, steps=6))
+    assert time.perf_counter() - t0 < 60  # at once: no training, no waiting on the lock
+    message = str(error.value)
+    assert f"pid {holder.pid}" in message and "host " in message and str(workdir) in message
+    assert snapshot(workdir) == before  # config.json, mixture.json, checkpoints untouched
+  finally:
+    holder.kill()  # SIGKILL: no cleanup runs, the kernel drops the flock
+    holder.wait()
+  # A dead holder blocks no one: the same run now resumes from step 3 and finishes.
+  sft.run(tiny_config(workdir, tokenizer_path, steps=4))
+  result = json.loads((workdir / "result.json").read_text())
+  assert result["train"]["start_step"] == 3 and result["train"]["final_step"] == 4
+  # Released when the job returned: another holder (here a fresh descriptor) gets it.
+  with run_lock.RunLock(workdir) as lock:
+    assert lock.held
+    assert json.loads(lock.path.read_text())["pid"] == os.getpid()
+
+
+def test_the_run_lock_is_reentrant_in_one_process_and_released_by_the_job(tmp_path):
+  @run_lock.released_on_return
+  def job(fail: bool):
+    run_lock.hold(tmp_path)
+    run_lock.hold(tmp_path)  # a second start in the same process keeps its own lock
+    with pytest.raises(run_lock.WorkdirLockedError, match=f"pid {os.getpid()}"):
+      run_lock.RunLock(tmp_path).acquire()  # any other descriptor is refused
+    if fail:
+      raise RuntimeError("job failed")
+
+  with pytest.raises(RuntimeError, match="job failed"):
+    job(True)
+  job(False)
+  with run_lock.RunLock(tmp_path) as lock:  # released both times
+    assert lock.held

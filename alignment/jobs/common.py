@@ -21,7 +21,8 @@ from alignment.model.config import ModelConfig
 from alignment.prompts import get_template
 from alignment.prompts.templates import PromptTemplate
 from alignment.sampling import SamplingParams
-from alignment.training import checkpointing, distributed, loop, optimizer, run_identity
+from alignment.training import atomic, checkpointing, distributed, loop, optimizer
+from alignment.training import run_identity, run_lock
 from alignment.training import step as step_lib
 from alignment.training import train_state as train_state_lib
 
@@ -45,7 +46,9 @@ def start(config: ml_collections.ConfigDict, data_fingerprint: dict | None = Non
   """Joins the process group (if configured), builds the mesh, creates the run directory.
 
   A workdir with checkpoints is checked first (`run_identity.check_resume`, against the data
-  fingerprint saved in `data_file` too), so config.json is rewritten only for the same run.
+  fingerprint saved in `data_file` too), so config.json is rewritten only for the same run;
+  then the workdir's lock is taken (`run_lock`), so a second process on it stops before
+  writing anything. Jobs wrap `run` in `run_lock.released_on_return` to let go of it.
   """
   check_learning_rates(config)
   d = config.distributed
@@ -57,10 +60,13 @@ def start(config: ml_collections.ConfigDict, data_fingerprint: dict | None = Non
                                                 config.mesh.tensor))
   workdir = pathlib.Path(config.workdir)
   if distributed.is_primary():
-    run_identity.check_resume(workdir, json.loads(config.to_json_best_effort()),
-                              config.get("resume", "same_run"), data_fingerprint, data_file)
+    changes = run_identity.check_resume(workdir, json.loads(config.to_json_best_effort()),
+                                        config.get("resume", "same_run"), data_fingerprint,
+                                        data_file)
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    run_lock.hold(workdir)  # before any write; released when the job's `run` returns
+    run_identity.record_resume(workdir, changes)
+    atomic.write_text(workdir / "config.json", config.to_json_best_effort(indent=2))
   return workdir, mesh
 
 

@@ -29,7 +29,7 @@ from alignment.rl import generation
 from alignment.rl import prompts as prompts_lib
 from alignment.rl import rejection_sampling as rs
 from alignment.rl.finetune import ExampleTrainer
-from alignment.training import distributed
+from alignment.training import distributed, run_lock
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ def refusal_rate(sample_fn: generation.SampleFn, prompts: list[str], template, b
   return float(np.mean([s > 0 for s in scorers.refusal_scorer(records)]))
 
 
+@run_lock.released_on_return
 def run(config: ml_collections.ConfigDict, reward_fn: rs.RewardFn | None = None
         ) -> dict[str, Any]:
   """`reward_fn` (or `distill.reward`) turns on targeted distillation."""

@@ -28,7 +28,7 @@ from alignment.jobs import common
 from alignment.reward import data as reward_data
 from alignment.reward import model as reward_model
 from alignment.rl import dpo
-from alignment.training import distributed
+from alignment.training import distributed, run_lock
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,7 @@ def validation_metrics(eval_fn, params, pairs: list, batch_size: int, buckets, p
   return {f"val_{k}": v / count for k, v in totals.items()}
 
 
+@run_lock.released_on_return
 def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   dpo_cfg = dpo_config(config)
   if config.eval.batch_size < 1:

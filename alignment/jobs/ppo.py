@@ -30,7 +30,7 @@ from alignment.rl import ppo
 from alignment.rl import prompts as prompts_lib
 from alignment.rl.roles import Policy, Reference, Rollouts, ValueModel, make_reward
 from alignment.sampling import SamplingParams, bucket_size, generate
-from alignment.training import distributed, metrics as metrics_lib, optimizer
+from alignment.training import distributed, metrics as metrics_lib, optimizer, run_lock
 from alignment.training import step as step_lib
 from alignment.training import train_state as train_state_lib
 from alignment.training.checkpointing import abstract_like
@@ -243,6 +243,7 @@ def build(config: ml_collections.ConfigDict, mesh):
   return trainer, state, prompts, kl_ctl
 
 
+@run_lock.released_on_return
 def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   workdir, mesh = common.start(config)  # joins the process group: process_count is known after
   if jax.process_count() > 1:

@@ -24,7 +24,7 @@ from alignment.rl import prompts as prompts_lib
 from alignment.rl import rejection_sampling as rs
 from alignment.rl.finetune import ExampleTrainer
 from alignment.sampling import Sampler, SamplingParams
-from alignment.training import distributed
+from alignment.training import distributed, run_lock
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,7 @@ def _write_jsonl(path, rows) -> None:
       f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
+@run_lock.released_on_return
 def run(config: ml_collections.ConfigDict, reward_fn: rs.RewardFn | None = None
         ) -> dict[str, Any]:
   """Runs every round; `reward_fn` overrides `config.rs.reward` (e.g. a Python function)."""

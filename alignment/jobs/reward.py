@@ -24,7 +24,7 @@ from alignment.reward import data as reward_data
 from alignment.reward import evaluate, losses
 from alignment.reward import model as reward_model
 from alignment.reward.saved import save_reward_model
-from alignment.training import distributed, loop, optimizer
+from alignment.training import distributed, loop, optimizer, run_lock
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,7 @@ def score_pairs(score_fn, params, pairs: list, batch_size: int, max_length: int,
   return np.concatenate(chosen), np.concatenate(rejected)
 
 
+@run_lock.released_on_return
 def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   check_config(config)
   loss_cfg = losses.RankingLossConfig(config.loss.margin_scale, config.loss.centering)

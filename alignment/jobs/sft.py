@@ -22,7 +22,7 @@ from alignment import lora as lora_lib
 from alignment.data import mixtures, pipeline
 from alignment.jobs import common
 from alignment.sampling import Sampler
-from alignment.training import distributed, losses
+from alignment.training import distributed, losses, run_lock
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,7 @@ def held_out_loss(eval_fn, params, batches, num_batches: int, mesh) -> float:
   return total / max(count, 1.0)
 
 
+@run_lock.released_on_return
 def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   # The data first: its fingerprint is checked against a resumed run's before any write.
   train_examples, eval_examples, mixture_report = build_data(config)
