@@ -15,6 +15,7 @@ import jax
 import numpy as np
 import pytest
 
+from alignment.evaluation import records
 from alignment.jobs import common, sft
 from alignment.training import atomic, checkpointing, loop, run_identity, run_lock
 from configs import sft as sft_config
@@ -220,3 +221,41 @@ def test_the_run_lock_is_reentrant_in_one_process_and_released_by_the_job(tmp_pa
   job(False)
   with run_lock.RunLock(tmp_path) as lock:  # released both times
     assert lock.held
+
+
+# Starts an atomic rewrite of argv[1], writes half of it, then dies by SIGKILL mid-write.
+KILLED_MID_WRITE = (
+    "import os, signal, sys\nfrom alignment.training import atomic\n"
+    "with atomic.writing(sys.argv[1]) as f:\n"
+    "  f.write('{\"train\": {\"status\": \"compl'); f.flush(); os.fsync(f.fileno())\n"
+    "  os.kill(os.getpid(), signal.SIGKILL)\n")
+
+
+def test_a_write_killed_midway_leaves_the_previous_file_whole(tmp_path):
+  path = tmp_path / "result.json"
+  atomic.write_json(path, {"train": {"status": "completed"}})
+  before = path.read_bytes()
+  env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+  killed = subprocess.run([sys.executable, "-c", KILLED_MID_WRITE, str(path)], cwd=REPO,
+                          env=env, capture_output=True, text=True)
+  assert killed.returncode == -signal.SIGKILL, killed.stderr
+  assert path.read_bytes() == before  # a reader sees the old result, never half a new one
+  # The half-written temporary file is beside it, hidden, never under the result's name.
+  assert [p.name.startswith(".result.json.") for p in tmp_path.iterdir()].count(True) == 1
+
+  # An exception mid-write (a generator of answers failing) also leaves the old file, and
+  # removes its temporary file.
+  answers = tmp_path / "answers.jsonl"
+  good = [records.AnswerRecord("xstest", "1", "p", "a", "safe")]
+  records.write_answers(answers, good)
+  before = answers.read_bytes()
+
+  def failing():
+    yield good[0]
+    raise RuntimeError("scorer died")
+
+  with pytest.raises(RuntimeError, match="scorer died"):
+    records.write_answers(answers, failing())
+  assert answers.read_bytes() == before
+  assert not list(tmp_path.glob(".answers.jsonl.*"))
+  assert oct(answers.stat().st_mode & 0o777) == "0o644"  # readable by whoever it is shared with

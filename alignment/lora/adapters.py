@@ -24,7 +24,6 @@ import dataclasses
 import json
 import os
 import pathlib
-import tempfile
 from typing import Any
 
 import jax
@@ -35,6 +34,7 @@ from jax.sharding import PartitionSpec as P
 from alignment import model as model_lib
 from alignment.model.config import ModelConfig
 from alignment.model.low_rank import LowRank
+from alignment.training import atomic
 
 Params = Any
 
@@ -199,9 +199,8 @@ def save_adapters(path: str | os.PathLike, adapters: Params, lora: LoraConfig) -
       for part, value in ab.items():
         flat[f"{layer_name}/{name}/{part}"] = np.asarray(jax.device_get(value))
   flat["__config__"] = np.frombuffer(json.dumps(dataclasses.asdict(lora)).encode(), np.uint8)
-  with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz", delete=False) as tmp:
-    np.savez(tmp, **flat)
-  os.replace(tmp.name, path)
+  with atomic.writing(path, "wb") as f:
+    np.savez(f, **flat)
 
 
 def load_adapters(path: str | os.PathLike, model: ModelConfig | None = None
