@@ -15,6 +15,9 @@ import jax
 import numpy as np
 import pytest
 
+from alignment import lora as lora_lib
+from alignment.checkpoints import huggingface as hf
+from alignment.checkpoints import loading
 from alignment.evaluation import records
 from alignment.jobs import common, sft
 from alignment.training import atomic, checkpointing, loop, run_identity, run_lock
@@ -259,3 +262,68 @@ def test_a_write_killed_midway_leaves_the_previous_file_whole(tmp_path):
   assert answers.read_bytes() == before
   assert not list(tmp_path.glob(".answers.jsonl.*"))
   assert oct(answers.stat().st_mode & 0o777) == "0o644"  # readable by whoever it is shared with
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("eval.every", 0, r"config\.eval\.every=0: must be an integer >= 1"),
+    ("train.steps", 0, r"config\.train\.steps=0: must be an integer >= 1"),
+    ("checkpoint.every", -1, r"config\.checkpoint\.every=-1: must be an integer >= 1"),
+    ("model.dtype", "float17", r"config model\.dtype='float17': must be one of float32"),
+])
+def test_impossible_counts_and_dtypes_are_refused_naming_the_key(tokenizer_path, tmp_path, key,
+                                                                 value, message):
+  config = tiny_config(tmp_path / "run", tokenizer_path)
+  config.update_from_flattened_dict({key: value})
+  with pytest.raises(ValueError, match=message):
+    sft.run(config)
+  assert not (tmp_path / "run").exists()  # refused before the run directory is made
+
+
+class _WritesWhenUnpickled:
+  """Unpickling this creates a file: proof that a pickle in an .npz was (not) executed."""
+
+  def __init__(self, marker):
+    self.marker = str(marker)
+
+  def __reduce__(self):
+    return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+
+
+def test_damaged_adapter_files_name_the_file_and_never_unpickle(finished_run, tmp_path):
+  good = finished_run / "adapters.npz"
+  truncated = tmp_path / "truncated.npz"
+  truncated.write_bytes(good.read_bytes()[:good.stat().st_size // 2])
+  section = {"checkpoint": "random", "preset": "tiny_gemma3", "adapters": str(truncated)}
+  with pytest.raises(ValueError, match=f"config model.adapters: {truncated}: not a readable "
+                                       r"\.npz, truncated or damaged \(BadZipFile"):
+    loading.load_model(section)
+
+  marker = tmp_path / "unpickled"
+  with np.load(good) as data:
+    entries = {key: data[key] for key in data.files}
+  pickled = tmp_path / "pickled.npz"
+  np.savez(pickled, **entries, **{"layer_0/zz/a": np.array([_WritesWhenUnpickled(marker)])})
+  with pytest.raises(ValueError, match=f"{pickled}: entry 'layer_0/zz/a' is a pickled object "
+                                       "array"):
+    lora_lib.load_adapters(pickled)
+  assert not marker.exists()
+
+
+def test_damaged_or_non_finite_weights_name_the_checkpoint(tmp_path):
+  cfg, params, _ = loading.load_model({"checkpoint": "random", "preset": "tiny_gemma3"})
+  out = hf.save_safetensors(cfg, params, tmp_path / "ckpt")
+  loading.load_model({"checkpoint": str(out)})  # intact: loads
+  weights = out / "model.safetensors"
+  intact = weights.read_bytes()
+  weights.write_bytes(intact[:len(intact) // 2])
+  with pytest.raises(ValueError, match=f"{weights}: not a readable safetensors file, truncated "
+                                       "or damaged"):
+    loading.load_model({"checkpoint": str(out)})
+
+  leaf = jax.tree_util.tree_flatten_with_path(params)[0][-1]
+  poisoned = jax.tree_util.tree_map_with_path(
+      lambda path, x: x.at[(0,) * x.ndim].set(np.nan) if path == leaf[0] else x, params)
+  hf.save_safetensors(cfg, poisoned, tmp_path / "nan")
+  with pytest.raises(ValueError, match=f"model checkpoint {tmp_path / 'nan'} \\(config "
+                                       r"model\.checkpoint\): parameter \S+ holds NaN or inf"):
+    loading.load_model({"checkpoint": str(tmp_path / "nan")})

@@ -16,7 +16,7 @@ import ml_collections
 
 from alignment import lora as lora_lib
 from alignment import sharding
-from alignment.checkpoints.loading import load_model
+from alignment.checkpoints.loading import check_dtype, load_model
 from alignment.model.config import ModelConfig
 from alignment.prompts import get_template
 from alignment.prompts.templates import PromptTemplate
@@ -41,6 +41,29 @@ def check_learning_rates(config: ml_collections.ConfigDict) -> None:
                          f"<= {MAX_LEARNING_RATE:g}")
 
 
+# Counts a job divides by or loops up to: 0 used to surface as an optax message
+# (train.steps) or as "cannot schedule new futures after interpreter shutdown" (eval.every).
+POSITIVE_COUNTS = ("train.steps", "train.iterations", "train.grad_accum_steps",
+                   "train.log_every", "train.batch_size", "eval.every", "checkpoint.every")
+
+
+def check_counts(config: ml_collections.ConfigDict) -> None:
+  """Refuses a count in POSITIVE_COUNTS (where the config has it) that is not an integer
+  >= 1, and fewer train.steps than train.grad_accum_steps (no optimizer step), naming the
+  key, before any work starts."""
+  for key in POSITIVE_COUNTS:
+    section, field = key.split(".")
+    if section in config and isinstance(config[section], ml_collections.ConfigDict) and (
+        field in config[section]):
+      value = config[section][field]
+      if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"config.{key}={value!r}: must be an integer >= 1")
+  train = config.get("train")
+  if train is not None and "steps" in train and train.get("grad_accum_steps", 1) > train.steps:
+    raise ValueError(f"config.train.steps={train.steps} is fewer than config.train."
+                     f"grad_accum_steps={train.grad_accum_steps}: no optimizer step would run")
+
+
 def start(config: ml_collections.ConfigDict, data_fingerprint: dict | None = None,
           data_file: str | None = None) -> tuple[pathlib.Path, jax.sharding.Mesh]:
   """Joins the process group (if configured), builds the mesh, creates the run directory.
@@ -51,6 +74,9 @@ def start(config: ml_collections.ConfigDict, data_fingerprint: dict | None = Non
   writing anything. Jobs wrap `run` in `run_lock.released_on_return` to let go of it.
   """
   check_learning_rates(config)
+  check_counts(config)
+  if "model" in config:
+    check_dtype(config.model.get("dtype", "float32"))
   d = config.distributed
   distributed.initialize(distributed.DistributedConfig(
       initialize=d.initialize, coordinator_address=d.coordinator_address or None,

@@ -24,6 +24,8 @@ import dataclasses
 import json
 import os
 import pathlib
+import zipfile
+import zlib
 from typing import Any
 
 import jax
@@ -203,16 +205,36 @@ def save_adapters(path: str | os.PathLike, adapters: Params, lora: LoraConfig) -
     np.savez(f, **flat)
 
 
+def _entry(data: Any, path: pathlib.Path, key: str) -> np.ndarray:
+  """One array of an open .npz; a pickled object or a damaged member names the file and key
+  (pickles are never loaded: an adapter file holds plain arrays)."""
+  try:
+    return data[key]
+  except ValueError as e:
+    if "allow_pickle" in str(e):
+      raise ValueError(f"{path}: entry {key!r} is a pickled object array; adapter files hold "
+                       "plain numeric arrays only, and pickles are not loaded") from None
+    raise ValueError(f"{path}: entry {key!r} cannot be read ({e})") from None
+  except (zipfile.BadZipFile, EOFError, OSError, zlib.error) as e:
+    raise ValueError(f"{path}: entry {key!r} is truncated or damaged "
+                     f"({type(e).__name__}: {e})") from None
+
+
 def load_adapters(path: str | os.PathLike, model: ModelConfig | None = None
                   ) -> tuple[Params, LoraConfig]:
   """Reads adapters written by `save_adapters`; checks shapes against `model` if given."""
   path = pathlib.Path(path)
   if not path.is_file():
     raise FileNotFoundError(f"no LoRA adapter file at {path}")
-  with np.load(path) as data:
+  try:
+    data = np.load(path, allow_pickle=False)
+  except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
+    raise ValueError(f"{path}: not a readable .npz, truncated or damaged "
+                     f"({type(e).__name__}: {e})") from None
+  with data:
     if "__config__" not in data:
       raise ValueError(f"{path}: not a LoRA adapter file (no __config__ entry)")
-    raw = json.loads(bytes(data["__config__"]).decode())
+    raw = json.loads(bytes(_entry(data, path, "__config__")).decode())
     raw["targets"] = tuple(raw["targets"])
     lora = LoraConfig(**raw)
     adapters: dict = {}
@@ -220,7 +242,8 @@ def load_adapters(path: str | os.PathLike, model: ModelConfig | None = None
       if key == "__config__":
         continue
       layer_name, name, part = key.split("/")
-      adapters.setdefault(layer_name, {}).setdefault(name, {})[part] = jnp.asarray(data[key])
+      adapters.setdefault(layer_name, {}).setdefault(name, {})[part] = jnp.asarray(
+          _entry(data, path, key))
   if model is not None:
     expected = jax.eval_shape(lambda: init_adapters(model, lora, jax.random.key(0)))
     want = {jax.tree_util.keystr(k): v.shape for k, v in
