@@ -3,6 +3,7 @@ another shape, a learning rate that blows up, SIGTERM mid-run, a second process 
 workdir, writes killed midway (see docs/RELIABILITY.md)."""
 
 import json
+import logging
 import os
 import pathlib
 import shutil
@@ -18,6 +19,7 @@ import pytest
 from alignment import lora as lora_lib
 from alignment.checkpoints import huggingface as hf
 from alignment.checkpoints import loading
+from alignment.data import download, integrity, sources
 from alignment.evaluation import records
 from alignment.jobs import common, sft
 from alignment.training import atomic, checkpointing, loop, run_identity, run_lock
@@ -327,3 +329,50 @@ def test_damaged_or_non_finite_weights_name_the_checkpoint(tmp_path):
   with pytest.raises(ValueError, match=f"model checkpoint {tmp_path / 'nan'} \\(config "
                                        r"model\.checkpoint\): parameter \S+ holds NaN or inf"):
     loading.load_model({"checkpoint": str(tmp_path / "nan")})
+
+
+def test_a_modified_data_file_is_reported_and_digests_are_cached(data_dir, tmp_path,
+                                                                 monkeypatch, caplog):
+  source = sources.get_source("malicious_instructions")
+  root = tmp_path / "data"
+  path = root / source.path
+  path.parent.mkdir(parents=True)
+  shutil.copyfile(data_dir / source.path, path)
+  monkeypatch.setenv(integrity.CACHE_ENV, str(tmp_path / "digests.json"))
+  monkeypatch.delenv(integrity.ALLOW_ENV, raising=False)
+  monkeypatch.setattr(integrity, "_MEMO", {})
+  hashed = []
+  sha256_file = download.sha256_file
+  monkeypatch.setattr(download, "sha256_file", lambda p: hashed.append(p) or sha256_file(p))
+
+  caplog.set_level(logging.INFO, logger=integrity.__name__)
+  rows = sources.load("malicious_instructions", root)
+  assert len(hashed) == 1 and not caplog.records  # the published bytes: hashed once, quiet
+  cache = json.loads((tmp_path / "digests.json").read_text())
+  assert cache[os.path.realpath(path)][2] == source.sha256
+  monkeypatch.setattr(integrity, "_MEMO", {})  # a new process: only the JSON cache is left
+  sources.load("malicious_instructions", root)
+  assert len(hashed) == 1  # stat, not hashed again
+
+  # Edited in place (one prompt dropped): a warning naming the file and both digests.
+  published = json.loads(path.read_text())
+
+  def drop_prompts(n):
+    path.write_text(json.dumps({**published, "instructions": published["instructions"][:-n],
+                                "tags": published["tags"][:-n]}))
+
+  drop_prompts(1)
+  assert len(sources.load("malicious_instructions", root)) == len(rows) - 1
+  assert len(hashed) == 2
+  actual = download.sha256_file(path)
+  (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+  message = warning.getMessage()
+  assert str(path) in message and actual in message and source.sha256 in message
+  assert integrity.ALLOW_ENV in message
+
+  # Modified on purpose: said at INFO only.
+  caplog.clear()
+  drop_prompts(2)
+  monkeypatch.setenv(integrity.ALLOW_ENV, "1")
+  sources.load("malicious_instructions", root)
+  assert caplog.records and all(r.levelno == logging.INFO for r in caplog.records)
