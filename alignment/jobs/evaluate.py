@@ -45,7 +45,7 @@ from alignment.evaluation.records import AnswerRecord, write_answers
 from alignment.jobs import common
 from alignment.prompts.templates import PromptTemplate
 from alignment.sampling import Sampler, SamplingParams
-from alignment.training import atomic
+from alignment.training import atomic, run_lock
 
 log = logging.getLogger(__name__)
 
@@ -268,6 +268,7 @@ def answer_attacks(cfg, params, tokenizer, template: PromptTemplate | None,
   return records, stats
 
 
+@run_lock.released_on_return
 def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   # Everything cheap is checked before the slow model load.
   names = parse_sets(config.sets)
@@ -301,6 +302,7 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
   workdir = pathlib.Path(config.workdir)
   workdir.mkdir(parents=True, exist_ok=True)
+  run_lock.hold(workdir)  # one process per workdir, before any write
   atomic.write_text(workdir / "config.json", config.to_json_best_effort(indent=2))
 
   start = time.perf_counter()

@@ -34,7 +34,7 @@ from alignment.evaluation.records import AnswerRecord, write_answers
 from alignment.jobs import common, evaluate
 from alignment.prompts.library import DynamicTemplate, Template, resolve_template, template_texts
 from alignment.sampling import Sampler, SamplingParams
-from alignment.training import atomic
+from alignment.training import atomic, run_lock
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +106,7 @@ def _answer(sampler: Sampler, template: Template | None, prompts: Sequence[EvalP
   return [dataclasses.replace(r, prompt=p.prompt) for r, p in zip(records, prompts)], stats
 
 
+@run_lock.released_on_return
 def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   names = evaluate.parse_sets(config.sets)
   if config.route_by not in ROUTES:
@@ -124,6 +125,7 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
   workdir = pathlib.Path(config.workdir)
   workdir.mkdir(parents=True, exist_ok=True)
+  run_lock.hold(workdir)  # one process per workdir, before any write
   atomic.write_text(workdir / "config.json", config.to_json_best_effort(indent=2))
   source = evaluate.resolve_model(config)
   start = time.perf_counter()

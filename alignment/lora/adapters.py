@@ -231,6 +231,8 @@ def load_adapters(path: str | os.PathLike, model: ModelConfig | None = None
   except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
     raise ValueError(f"{path}: not a readable .npz, truncated or damaged "
                      f"({type(e).__name__}: {e})") from None
+  if not isinstance(data, np.lib.npyio.NpzFile):  # a lone .npy array under this name
+    raise ValueError(f"{path}: not a LoRA adapter file (one array, not an .npz archive)")
   with data:
     if "__config__" not in data:
       raise ValueError(f"{path}: not a LoRA adapter file (no __config__ entry)")
