@@ -4,9 +4,10 @@ A grid maps config keys to value lists, e.g. the Safety-Tuned LLaMAs grid
   {"data.num_safety": [0, 100, 300, 500, 1000, 1500, 2000],
    "data.safety_format": ["instruction", "question"], "seed": [0]}
 Each point becomes one run with its own work directory; a run whose directory holds
-`result.json` (a job writes it last, once everything else is saved) is skipped, so a sweep can be
-restarted after an interruption. `--mode=local` runs the points one after another here,
-`--mode=print` prints one command per run, `--mode=tpu` prints one launch command per run.
+a complete `result.json` (a job writes it last, atomically, once everything else is saved) and
+a config.json matching the point is skipped, so a sweep can be restarted after an
+interruption. `--mode=local` runs the points one after another here, `--mode=print` prints one
+command per run, `--mode=tpu` prints one launch command per run.
 
   python -m experiments.sweep --config=configs/sft.py:paper_270m --mode=print
 """
@@ -14,6 +15,7 @@ restarted after an interruption. `--mode=local` runs the points one after anothe
 from __future__ import annotations
 
 import itertools
+import json
 import pathlib
 import shlex
 import subprocess
@@ -51,8 +53,23 @@ def expand_grid(grid: dict[str, Sequence[Any]]) -> list[dict[str, Any]]:
   return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
 
 
+# Characters that would let a grid value (`--formats=../../x`) name a directory outside the
+# sweep's workdir.
+_UNSAFE_IN_NAMES = ("/", "\\", "\0", "..")
+
+
 def run_name(point: dict[str, Any]) -> str:
-  """A directory name that says what the run is, e.g. num_safety=300_safety_format=question."""
+  """A directory name that says what the run is, e.g. num_safety=300_safety_format=question.
+
+  Raises ValueError for a key or value holding a path separator or '..', so that every run
+  directory is a child of the sweep's workdir.
+  """
+  for key, value in point.items():
+    for text in (key.split(".")[-1], str(value)):
+      bad = [c for c in _UNSAFE_IN_NAMES if c in text]
+      if bad or not text.strip():
+        raise ValueError(f"grid {key}={value!r}: a run directory name may not hold "
+                         f"{' or '.join(map(repr, bad)) or 'an empty part'}")
   return "_".join(f"{key.split('.')[-1]}={value}" for key, value in point.items())
 
 
@@ -64,8 +81,42 @@ def run_command(config: str, point: dict[str, Any], workdir: pathlib.Path,
   return cmd + shlex.split(extra)
 
 
+def _at(tree: Any, dotted: str) -> Any:
+  for part in dotted.split("."):
+    if not isinstance(tree, dict) or part not in tree:
+      return _MISSING
+    tree = tree[part]
+  return tree
+
+
+_MISSING = object()
+
+
 def is_finished(workdir: pathlib.Path, point: dict[str, Any]) -> bool:
-  return (workdir / run_name(point) / "result.json").exists()
+  """Whether the point's run is done: its result.json parses completely (status "completed"
+  where it records one) and its config.json holds the point's value at each grid key.
+
+  A result.json cut short by a crash, or a directory of this name trained with other values
+  (a renamed grid, a hand-copied run), is not finished: the point runs again, and the job's
+  resume check names any config difference.
+  """
+  run = workdir / run_name(point)
+  try:
+    result = json.loads((run / "result.json").read_text(encoding="utf-8"))
+    config = json.loads((run / "config.json").read_text(encoding="utf-8"))
+  except (OSError, ValueError):
+    return False
+  if not isinstance(result, dict) or not isinstance(config, dict):
+    return False
+  train = result.get("train")
+  if isinstance(train, dict) and train.get("status", "completed") != "completed":
+    return False
+  for key, value in point.items():
+    saved = _at(config, key)
+    # Flag values arrive as strings ("300") where config.json holds 300.
+    if saved is _MISSING or (saved != value and str(saved) != str(value)):
+      return False
+  return True
 
 
 def main(argv: Sequence[str]) -> None:
@@ -79,7 +130,10 @@ def main(argv: Sequence[str]) -> None:
     grid["seed"] = [int(v) for v in flags.FLAGS.seeds]
   workdir = pathlib.Path(flags.FLAGS.workdir)
   points = expand_grid(grid)
-  todo = [p for p in points if not is_finished(workdir, p)]
+  try:
+    todo = [p for p in points if not is_finished(workdir, p)]
+  except ValueError as error:  # a grid value that cannot name a run directory
+    sys.exit(f"sweep: {error}")
   print(f"{len(points)} runs in the grid, {len(points) - len(todo)} finished, "
         f"{len(todo)} to do", flush=True)
   for i, point in enumerate(todo, 1):

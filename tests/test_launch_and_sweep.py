@@ -1,5 +1,6 @@
 """Launch scripts and the sweep runner, exercised through their dry-run outputs."""
 
+import json
 import pathlib
 import subprocess
 import sys
@@ -42,10 +43,25 @@ def test_grid_expansion_and_skipping(tmp_path):
   assert len(points) == 7 * 2
   assert len({sweep.run_name(p) for p in points}) == len(points)
   done = points[3]
-  (tmp_path / sweep.run_name(done)).mkdir()
-  (tmp_path / sweep.run_name(done) / "result.json").write_text("{}")
+  run = tmp_path / sweep.run_name(done)
+  run.mkdir()
+  result = json.dumps({"train": {"status": "completed", "final_step": 10}})
+  (run / "result.json").write_text(result[:-5])  # cut short by a crash
+  assert not sweep.is_finished(tmp_path, done)
+  (run / "result.json").write_text(result)
+  assert not sweep.is_finished(tmp_path, done)  # no config.json: not known to be this point
+  config = {"seed": done["seed"], "data": {"num_safety": done["data.num_safety"],
+                                           "safety_format": done["data.safety_format"]}}
+  (run / "config.json").write_text(json.dumps({**config, "seed": 7}))
+  assert not sweep.is_finished(tmp_path, done)  # another run under this name
+  (run / "config.json").write_text(json.dumps(config))
   assert sweep.is_finished(tmp_path, done)
+  (run / "result.json").write_text(result.replace("completed", "preempted"))
+  assert not sweep.is_finished(tmp_path, done)
   assert not sweep.is_finished(tmp_path, points[4])
+  for bad in ("../../x", "a/b", "..", "a\\b"):
+    with pytest.raises(ValueError, match="run directory name may not hold"):
+      sweep.run_name({**done, "data.safety_format": bad})
   cmd = sweep.run_command("configs/sft.py:p", done, tmp_path)
   assert f"--config.workdir={tmp_path / sweep.run_name(done)}" in cmd
   assert f"--config.data.num_safety={done['data.num_safety']}" in cmd
@@ -57,9 +73,18 @@ def test_sweep_cli_print_mode_skips_finished(tmp_path):
   finished = tmp_path / "num_safety=0_safety_format=instruction_seed=0"
   finished.mkdir()
   (finished / "result.json").write_text("{}")
+  (finished / "config.json").write_text(json.dumps(
+      {"seed": 0, "data": {"num_safety": 0, "safety_format": "instruction"}}))
   out = subprocess.run(
       [sys.executable, "-m", "experiments.sweep", f"--workdir={tmp_path}", "--mode=print",
        "--num_safety=0,100", "--formats=instruction"], cwd=REPO, capture_output=True,
       text=True, check=True).stdout.strip().splitlines()
   assert out[0] == "2 runs in the grid, 1 finished, 1 to do"
   assert len(out) == 2 and "--config.data.num_safety=100" in out[1]
+  escape = subprocess.run(
+      [sys.executable, "-m", "experiments.sweep", f"--workdir={tmp_path / 'sweep'}",
+       "--mode=local", "--num_safety=0", "--formats=../../x"], cwd=REPO, capture_output=True,
+      text=True)
+  assert escape.returncode != 0 and escape.stdout == ""
+  assert "data.safety_format='../../x'" in escape.stderr and "'/' or '..'" in escape.stderr
+  assert sorted(p.name for p in tmp_path.iterdir()) == [finished.name]  # nothing made

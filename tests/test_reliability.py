@@ -1,7 +1,9 @@
 """Fault injection on the tiny SFT preset: a changed config or data on resume, a checkpoint of
-another shape, a learning rate that blows up, SIGTERM mid-run (see docs/RELIABILITY.md)."""
+another shape, a learning rate that blows up, SIGTERM mid-run, a second process on one
+workdir, writes killed midway (see docs/RELIABILITY.md)."""
 
 import json
+import logging
 import os
 import pathlib
 import shutil
@@ -14,8 +16,13 @@ import jax
 import numpy as np
 import pytest
 
+from alignment import lora as lora_lib
+from alignment.checkpoints import huggingface as hf
+from alignment.checkpoints import loading
+from alignment.data import download, integrity, sources
+from alignment.evaluation import records
 from alignment.jobs import common, sft
-from alignment.training import checkpointing, loop, run_identity
+from alignment.training import atomic, checkpointing, loop, run_identity, run_lock
 from configs import sft as sft_config
 from tiny_sentencepiece import train_tiny_tokenizer
 
@@ -168,3 +175,204 @@ def test_sigterm_saves_reports_preempted_and_the_rerun_finishes(tokenizer_path, 
   assert result["train"]["status"] == "completed"
   assert result["train"]["start_step"] == stopped
   assert result["train"]["final_step"] == stopped + 2
+
+
+# Holds a workdir's lock in another process until killed.
+HOLD_LOCK = ("import sys, time\nfrom alignment.training import run_lock\n"
+             "run_lock.RunLock(sys.argv[1]).acquire()\nprint('held', flush=True)\ntime.sleep(600)")
+
+
+def test_a_second_process_on_one_workdir_stops_at_once_naming_the_holder(
+    finished_run, tokenizer_path, tmp_path):
+  workdir = copy_of(finished_run, tmp_path)
+  env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+  holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(workdir)], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == "held"
+    before = snapshot(workdir)
+    t0 = time.perf_counter()
+    with pytest.raises(run_lock.WorkdirLockedError) as error:
+      sft.run(tiny_config(workdir, tokenizer_path, steps=6))
+    assert time.perf_counter() - t0 < 60  # at once: no training, no waiting on the lock
+    message = str(error.value)
+    assert f"pid {holder.pid}" in message and "host " in message and str(workdir) in message
+    assert snapshot(workdir) == before  # config.json, mixture.json, checkpoints untouched
+  finally:
+    holder.kill()  # SIGKILL: no cleanup runs, the kernel drops the flock
+    holder.wait()
+  # A dead holder blocks no one: the same run now resumes from step 3 and finishes.
+  sft.run(tiny_config(workdir, tokenizer_path, steps=4))
+  result = json.loads((workdir / "result.json").read_text())
+  assert result["train"]["start_step"] == 3 and result["train"]["final_step"] == 4
+  # Released when the job returned: another holder (here a fresh descriptor) gets it.
+  with run_lock.RunLock(workdir) as lock:
+    assert lock.held
+    assert json.loads(lock.path.read_text())["pid"] == os.getpid()
+
+
+def test_the_run_lock_is_reentrant_in_one_process_and_released_by_the_job(tmp_path):
+  @run_lock.released_on_return
+  def job(fail: bool):
+    run_lock.hold(tmp_path)
+    run_lock.hold(tmp_path)  # a second start in the same process keeps its own lock
+    with pytest.raises(run_lock.WorkdirLockedError, match=f"pid {os.getpid()}"):
+      run_lock.RunLock(tmp_path).acquire()  # any other descriptor is refused
+    if fail:
+      raise RuntimeError("job failed")
+
+  with pytest.raises(RuntimeError, match="job failed"):
+    job(True)
+  job(False)
+  with run_lock.RunLock(tmp_path) as lock:  # released both times
+    assert lock.held
+
+
+# Starts an atomic rewrite of argv[1], writes half of it, then dies by SIGKILL mid-write.
+KILLED_MID_WRITE = (
+    "import os, signal, sys\nfrom alignment.training import atomic\n"
+    "with atomic.writing(sys.argv[1]) as f:\n"
+    "  f.write('{\"train\": {\"status\": \"compl'); f.flush(); os.fsync(f.fileno())\n"
+    "  os.kill(os.getpid(), signal.SIGKILL)\n")
+
+
+def test_a_write_killed_midway_leaves_the_previous_file_whole(tmp_path):
+  path = tmp_path / "result.json"
+  atomic.write_json(path, {"train": {"status": "completed"}})
+  before = path.read_bytes()
+  env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+  killed = subprocess.run([sys.executable, "-c", KILLED_MID_WRITE, str(path)], cwd=REPO,
+                          env=env, capture_output=True, text=True)
+  assert killed.returncode == -signal.SIGKILL, killed.stderr
+  assert path.read_bytes() == before  # a reader sees the old result, never half a new one
+  # The half-written temporary file is beside it, hidden, never under the result's name.
+  assert [p.name.startswith(".result.json.") for p in tmp_path.iterdir()].count(True) == 1
+
+  # An exception mid-write (a generator of answers failing) also leaves the old file, and
+  # removes its temporary file.
+  answers = tmp_path / "answers.jsonl"
+  good = [records.AnswerRecord("xstest", "1", "p", "a", "safe")]
+  records.write_answers(answers, good)
+  before = answers.read_bytes()
+
+  def failing():
+    yield good[0]
+    raise RuntimeError("scorer died")
+
+  with pytest.raises(RuntimeError, match="scorer died"):
+    records.write_answers(answers, failing())
+  assert answers.read_bytes() == before
+  assert not list(tmp_path.glob(".answers.jsonl.*"))
+  assert oct(answers.stat().st_mode & 0o777) == "0o644"  # readable by whoever it is shared with
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("eval.every", 0, r"config\.eval\.every=0: must be an integer >= 1"),
+    ("train.steps", 0, r"config\.train\.steps=0: must be an integer >= 1"),
+    ("checkpoint.every", -1, r"config\.checkpoint\.every=-1: must be an integer >= 1"),
+    ("model.dtype", "float17", r"config model\.dtype='float17': must be one of float32"),
+])
+def test_impossible_counts_and_dtypes_are_refused_naming_the_key(tokenizer_path, tmp_path, key,
+                                                                 value, message):
+  config = tiny_config(tmp_path / "run", tokenizer_path)
+  config.update_from_flattened_dict({key: value})
+  with pytest.raises(ValueError, match=message):
+    sft.run(config)
+  assert not (tmp_path / "run").exists()  # refused before the run directory is made
+
+
+class _WritesWhenUnpickled:
+  """Unpickling this creates a file: proof that a pickle in an .npz was (not) executed."""
+
+  def __init__(self, marker):
+    self.marker = str(marker)
+
+  def __reduce__(self):
+    return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+
+
+def test_damaged_adapter_files_name_the_file_and_never_unpickle(finished_run, tmp_path):
+  good = finished_run / "adapters.npz"
+  truncated = tmp_path / "truncated.npz"
+  truncated.write_bytes(good.read_bytes()[:good.stat().st_size // 2])
+  section = {"checkpoint": "random", "preset": "tiny_gemma3", "adapters": str(truncated)}
+  with pytest.raises(ValueError, match=f"config model.adapters: {truncated}: not a readable "
+                                       r"\.npz, truncated or damaged \(BadZipFile"):
+    loading.load_model(section)
+
+  marker = tmp_path / "unpickled"
+  with np.load(good) as data:
+    entries = {key: data[key] for key in data.files}
+  pickled = tmp_path / "pickled.npz"
+  np.savez(pickled, **entries, **{"layer_0/zz/a": np.array([_WritesWhenUnpickled(marker)])})
+  with pytest.raises(ValueError, match=f"{pickled}: entry 'layer_0/zz/a' is a pickled object "
+                                       "array"):
+    lora_lib.load_adapters(pickled)
+  assert not marker.exists()
+
+
+def test_damaged_or_non_finite_weights_name_the_checkpoint(tmp_path):
+  cfg, params, _ = loading.load_model({"checkpoint": "random", "preset": "tiny_gemma3"})
+  out = hf.save_safetensors(cfg, params, tmp_path / "ckpt")
+  loading.load_model({"checkpoint": str(out)})  # intact: loads
+  weights = out / "model.safetensors"
+  intact = weights.read_bytes()
+  weights.write_bytes(intact[:len(intact) // 2])
+  with pytest.raises(ValueError, match=f"{weights}: not a readable safetensors file, truncated "
+                                       "or damaged"):
+    loading.load_model({"checkpoint": str(out)})
+
+  leaf = jax.tree_util.tree_flatten_with_path(params)[0][-1]
+  poisoned = jax.tree_util.tree_map_with_path(
+      lambda path, x: x.at[(0,) * x.ndim].set(np.nan) if path == leaf[0] else x, params)
+  hf.save_safetensors(cfg, poisoned, tmp_path / "nan")
+  with pytest.raises(ValueError, match=f"model checkpoint {tmp_path / 'nan'} \\(config "
+                                       r"model\.checkpoint\): parameter \S+ holds NaN or inf"):
+    loading.load_model({"checkpoint": str(tmp_path / "nan")})
+
+
+def test_a_modified_data_file_is_reported_and_digests_are_cached(data_dir, tmp_path,
+                                                                 monkeypatch, caplog):
+  source = sources.get_source("malicious_instructions")
+  root = tmp_path / "data"
+  path = root / source.path
+  path.parent.mkdir(parents=True)
+  shutil.copyfile(data_dir / source.path, path)
+  monkeypatch.setenv(integrity.CACHE_ENV, str(tmp_path / "digests.json"))
+  monkeypatch.delenv(integrity.ALLOW_ENV, raising=False)
+  monkeypatch.setattr(integrity, "_MEMO", {})
+  hashed = []
+  sha256_file = download.sha256_file
+  monkeypatch.setattr(download, "sha256_file", lambda p: hashed.append(p) or sha256_file(p))
+
+  caplog.set_level(logging.INFO, logger=integrity.__name__)
+  rows = sources.load("malicious_instructions", root)
+  assert len(hashed) == 1 and not caplog.records  # the published bytes: hashed once, quiet
+  cache = json.loads((tmp_path / "digests.json").read_text())
+  assert cache[os.path.realpath(path)][2] == source.sha256
+  monkeypatch.setattr(integrity, "_MEMO", {})  # a new process: only the JSON cache is left
+  sources.load("malicious_instructions", root)
+  assert len(hashed) == 1  # stat, not hashed again
+
+  # Edited in place (one prompt dropped): a warning naming the file and both digests.
+  published = json.loads(path.read_text())
+
+  def drop_prompts(n):
+    path.write_text(json.dumps({**published, "instructions": published["instructions"][:-n],
+                                "tags": published["tags"][:-n]}))
+
+  drop_prompts(1)
+  assert len(sources.load("malicious_instructions", root)) == len(rows) - 1
+  assert len(hashed) == 2
+  actual = download.sha256_file(path)
+  (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+  message = warning.getMessage()
+  assert str(path) in message and actual in message and source.sha256 in message
+  assert integrity.ALLOW_ENV in message
+
+  # Modified on purpose: said at INFO only.
+  caplog.clear()
+  drop_prompts(2)
+  monkeypatch.setenv(integrity.ALLOW_ENV, "1")
+  sources.load("malicious_instructions", root)
+  assert caplog.records and all(r.levelno == logging.INFO for r in caplog.records)

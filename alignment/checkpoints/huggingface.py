@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from alignment.checkpoints.validate import validate_params
@@ -401,6 +401,16 @@ def _read_json(path: pathlib.Path) -> dict[str, Any]:
     raise ValueError(f"{path}: not valid JSON ({e})") from e
 
 
+def _open(file: pathlib.Path):
+  """`safe_open`, with a truncated or damaged file's error naming it (safetensors' names no
+  file: "Error while deserializing header: incomplete metadata")."""
+  try:
+    return safe_open(file, framework="numpy")
+  except (SafetensorError, OSError) as e:
+    raise ValueError(f"{file}: not a readable safetensors file, truncated or damaged "
+                     f"({e})") from None
+
+
 def _weight_files(directory: pathlib.Path) -> dict[str, pathlib.Path]:
   """Canonical tensor name -> file holding it, from the shard index or the files' headers."""
   index = directory / "model.safetensors.index.json"
@@ -419,7 +429,7 @@ def _weight_files(directory: pathlib.Path) -> dict[str, pathlib.Path]:
     raise FileNotFoundError(f"no *.safetensors files in {directory}")
   files = {}
   for file in paths:
-    with safe_open(file, framework="numpy") as f:
+    with _open(file) as f:
       files.update({name: file for name in f.keys()})
   return files
 
@@ -464,7 +474,7 @@ def load_safetensors(path_or_dir: PathLike, dtype: str = "float32"
     by_file.setdefault(file, []).append(canonical)
   shapes = {}
   for file, names in by_file.items():
-    with safe_open(file, framework="numpy") as f:
+    with _open(file) as f:
       shapes.update({c: tuple(f.get_slice(located[c][0]).get_shape()) for c in names})
 
   expected = expected_hf_shapes(cfg, family)
@@ -484,7 +494,7 @@ def load_safetensors(path_or_dir: PathLike, dtype: str = "float32"
   np_dtype = jnp.dtype(dtype)
   tensors = {}
   for file, names in by_file.items():
-    with safe_open(file, framework="numpy") as f:
+    with _open(file) as f:
       for canonical in names:
         if canonical in expected or canonical in _LM_HEADS:
           tensors[canonical] = f.get_tensor(located[canonical][0]).astype(np_dtype, copy=False)
@@ -499,7 +509,7 @@ def load_safetensors(path_or_dir: PathLike, dtype: str = "float32"
 
 
 def _names_in(file: pathlib.Path) -> list[str]:
-  with safe_open(file, framework="numpy") as f:
+  with _open(file) as f:
     return list(f.keys())
 
 

@@ -21,9 +21,20 @@ from typing import Any
 import jax
 
 from alignment import lora as lora_lib
+from alignment.checkpoints.validate import check_finite
 from alignment.model.config import ModelConfig, get_config
 from alignment.model.transformer import init_params
 from alignment.tokenizer import Tokenizer
+
+
+COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def check_dtype(dtype: Any) -> None:
+  """Refuses a compute dtype that is not one of COMPUTE_DTYPES before anything loads (else a
+  typo such as float17 surfaces as a JAX TypeError deep inside the first forward pass)."""
+  if str(dtype) not in COMPUTE_DTYPES:
+    raise ValueError(f"config model.dtype={dtype!r}: must be one of {', '.join(COMPUTE_DTYPES)}")
 
 
 def load_model(model_config: Any) -> tuple[ModelConfig, Any, Tokenizer | None]:
@@ -32,6 +43,7 @@ def load_model(model_config: Any) -> tuple[ModelConfig, Any, Tokenizer | None]:
   preset = model_config.get("preset", "gemma3_270m")
   dtype = model_config.get("dtype", "float32")
   tokenizer_path = model_config.get("tokenizer", "")
+  check_dtype(dtype)
   tokenizer = None
   if checkpoint == "embedded":
     from alignment.checkpoints.embedded import load_embedded  # pylint: disable=import-outside-toplevel
@@ -58,6 +70,8 @@ def load_model(model_config: Any) -> tuple[ModelConfig, Any, Tokenizer | None]:
       cfg, params = load_flax_gemma(path)
     if tokenizer is None and (path / "tokenizer.model").exists():
       tokenizer = Tokenizer.from_model_file(path / "tokenizer.model")
+  if checkpoint != "random":  # random initialisation is finite by construction
+    check_finite(params, f"model checkpoint {checkpoint} (config model.checkpoint)")
   if tokenizer_path and checkpoint != "random":  # overrides the checkpoint's own
     tokenizer = Tokenizer.from_model_file(tokenizer_path)
   if tokenizer is not None and tokenizer.vocab_size > cfg.vocab_size:
@@ -72,5 +86,6 @@ def load_model(model_config: Any) -> tuple[ModelConfig, Any, Tokenizer | None]:
       adapters, lcfg = lora_lib.load_adapters(adapters_path, cfg)
     except (FileNotFoundError, ValueError) as e:
       raise type(e)(f"config model.adapters: {e}") from None
+    check_finite(adapters, f"adapters {adapters_path} (config model.adapters)")
     params = jax.jit(lambda p, a: lora_lib.merge(p, a, lcfg))(params, adapters)
   return cfg, params, tokenizer

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from alignment.model.config import ModelConfig
@@ -33,3 +34,20 @@ def validate_params(params: Any, config: ModelConfig, source: str = "checkpoint"
       problems.append(f"parameter {name}: expected shape {want}, found {got}")
   if problems:
     raise ValueError(f"{source} does not match the model config:\n  " + "\n  ".join(problems))
+
+
+@jax.jit
+def _finite_leaves(params: Any) -> Any:
+  return jax.tree.map(lambda x: jnp.isfinite(x).all(), params)
+
+
+def check_finite(params: Any, source: str = "checkpoint") -> None:
+  """Raises ValueError naming `source` and the first leaf holding NaN or inf: a damaged or
+  diverged checkpoint otherwise trains (or answers) on garbage without a word. One jitted
+  reduction per leaf, read back once."""
+  finite = _flatten(jax.device_get(_finite_leaves(params)))
+  bad = [name for name, ok in finite.items() if not ok]
+  if bad:
+    more = f" (and {len(bad) - 1} more of {len(finite)} leaves)" if len(bad) > 1 else ""
+    raise ValueError(f"{source}: parameter {bad[0]} holds NaN or inf{more}; the checkpoint "
+                     "is damaged or comes from a diverged run")

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from alignment.data import download as download_lib
+from alignment.data import integrity
 from alignment.data import readers
 from alignment.data.readers import DataError, require
 from alignment.data.records import EvalPrompt, InstructionExample, PreferencePair
@@ -347,7 +348,8 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> pathlib.Path:
 
 def locate(name: str, data_dir: str | os.PathLike | None = None, *, download: bool = False,
            cache_dir: str | os.PathLike | None = None, base_url: str | None = None) -> pathlib.Path:
-  """The file of source `name`: in the data directory, else (download=True) fetched once."""
+  """The file of source `name`: in the data directory (its sha256 checked against the
+  registered one, see `integrity`), else (download=True) fetched once."""
   source = get_source(name)
   if not download:
     path = resolve_data_dir(data_dir) / source.path
@@ -355,11 +357,13 @@ def locate(name: str, data_dir: str | os.PathLike | None = None, *, download: bo
       raise FileNotFoundError(f"source {name!r}: {path} not found; point data_dir/"
                               f"${DATA_DIR_ENV} at a copy of the data or pass download=True "
                               f"(fetches {source.url})")
+    integrity.check(name, path, source.sha256)
     return path
   if data_dir is not None or os.environ.get(DATA_DIR_ENV):
     try:
       path = resolve_data_dir(data_dir) / source.path
       if path.is_file():
+        integrity.check(name, path, source.sha256)
         return path
     except ValueError:
       pass

@@ -13,6 +13,7 @@ import pathlib
 from collections.abc import Iterable
 
 from alignment.data.readers import DataError, read_jsonl, require
+from alignment.training import atomic
 
 LABELS = ("safe", "unsafe")
 # What an evaluation directory holds: one AnswerRecord per line, and the summary written last
@@ -107,10 +108,10 @@ def read_answers(path: str | pathlib.Path) -> list[AnswerRecord]:
 
 
 def write_answers(path: str | pathlib.Path, records: Iterable[AnswerRecord]) -> pathlib.Path:
-  """Write records as JSON lines (UTF-8, one object per line); returns the path."""
+  """Write records as JSON lines (UTF-8, one object per line), atomically (an interrupted
+  write leaves the previous file); returns the path."""
   path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  with path.open("w", encoding="utf-8") as f:
+  with atomic.writing(path) as f:
     for record in records:
       f.write(json.dumps(record.to_json(), ensure_ascii=False) + "\n")
   return path

@@ -35,6 +35,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from alignment.evaluation.records import AnswerRecord
 from alignment.evaluation.scorers import HARMFULNESS, HELPFULNESS, REFUSAL
 from alignment.evaluation.xstest import XSTEST_SET, XSTestRates, xstest_rates
+from alignment.training import atomic
 
 
 @dataclasses.dataclass(frozen=True)
@@ -337,8 +338,8 @@ def _write(directory: str | pathlib.Path, stem: str, markdown: str, payload: obj
   directory = pathlib.Path(directory)
   directory.mkdir(parents=True, exist_ok=True)
   md, js = directory / f"{stem}.md", directory / f"{stem}.json"
-  md.write_text(markdown.rstrip("\n") + "\n", encoding="utf-8")
-  js.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+  atomic.write_text(md, markdown.rstrip("\n") + "\n")
+  atomic.write_text(js, json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
   return {"markdown": md, "json": js}
 
 

@@ -29,6 +29,7 @@ from alignment.data.sources import resolve_data_dir
 from alignment.evaluation import refusal
 from alignment.evaluation.records import AnswerRecord
 from alignment.evaluation.scorers import REFUSAL, refusal_label
+from alignment.training import atomic
 
 COMPLETIONS_DIR = "xstest/model_completions"
 COMPLETIONS_PREFIX = "xstest_v2_completions_"
@@ -320,10 +321,9 @@ def write_markdown_and_json(out: str | pathlib.Path, markdown: str, payload: obj
   """`out` (Markdown) and the same path with suffix .json."""
   out = pathlib.Path(out)
   out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(markdown.rstrip("\n") + "\n", encoding="utf-8")
+  atomic.write_text(out, markdown.rstrip("\n") + "\n")
   json_path = out.with_suffix(".json")
-  json_path.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n",
-                       encoding="utf-8")
+  atomic.write_text(json_path, json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
   return out, json_path
 
 

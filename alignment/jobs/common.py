@@ -16,12 +16,12 @@ import ml_collections
 
 from alignment import lora as lora_lib
 from alignment import sharding
-from alignment.checkpoints.loading import load_model
+from alignment.checkpoints.loading import check_dtype, load_model
 from alignment.prompts import get_template
 from alignment.prompts.templates import PromptTemplate
 from alignment.rl.finetune import ExampleData, ExampleTrainer
 from alignment.sampling import SamplingParams
-from alignment.training import distributed, run_identity
+from alignment.training import atomic, distributed, run_identity, run_lock
 from alignment.training.trainer import (Trainable, Trainer, TrainerConfig, make_checkpointer,
                                         make_trainable)
 
@@ -40,14 +40,42 @@ def check_learning_rates(config: ml_collections.ConfigDict) -> None:
                          f"<= {MAX_LEARNING_RATE:g}")
 
 
+# Counts a job divides by or loops up to: 0 used to surface as an optax message
+# (train.steps) or as "cannot schedule new futures after interpreter shutdown" (eval.every).
+POSITIVE_COUNTS = ("train.steps", "train.iterations", "train.grad_accum_steps",
+                   "train.log_every", "train.batch_size", "eval.every", "checkpoint.every")
+
+
+def check_counts(config: ml_collections.ConfigDict) -> None:
+  """Refuses a count in POSITIVE_COUNTS (where the config has it) that is not an integer
+  >= 1, and fewer train.steps than train.grad_accum_steps (no optimizer step), naming the
+  key, before any work starts."""
+  for key in POSITIVE_COUNTS:
+    section, field = key.split(".")
+    if section in config and isinstance(config[section], ml_collections.ConfigDict) and (
+        field in config[section]):
+      value = config[section][field]
+      if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"config.{key}={value!r}: must be an integer >= 1")
+  train = config.get("train")
+  if train is not None and "steps" in train and train.get("grad_accum_steps", 1) > train.steps:
+    raise ValueError(f"config.train.steps={train.steps} is fewer than config.train."
+                     f"grad_accum_steps={train.grad_accum_steps}: no optimizer step would run")
+
+
 def start(config: ml_collections.ConfigDict, data_fingerprint: dict | None = None,
           data_file: str | None = None) -> tuple[pathlib.Path, jax.sharding.Mesh]:
   """Joins the process group (if configured), builds the mesh, creates the run directory.
 
   A workdir with checkpoints is checked first (`run_identity.check_resume`, against the data
-  fingerprint saved in `data_file` too), so config.json is rewritten only for the same run.
+  fingerprint saved in `data_file` too), so config.json is rewritten only for the same run;
+  then the workdir's lock is taken (`run_lock`), so a second process on it stops before
+  writing anything. Jobs wrap `run` in `run_lock.released_on_return` to let go of it.
   """
   check_learning_rates(config)
+  check_counts(config)
+  if "model" in config:
+    check_dtype(config.model.get("dtype", "float32"))
   d = config.distributed
   distributed.initialize(distributed.DistributedConfig(
       initialize=d.initialize, coordinator_address=d.coordinator_address or None,
@@ -57,10 +85,13 @@ def start(config: ml_collections.ConfigDict, data_fingerprint: dict | None = Non
                                                 config.mesh.tensor))
   workdir = pathlib.Path(config.workdir)
   if distributed.is_primary():
-    run_identity.check_resume(workdir, json.loads(config.to_json_best_effort()),
-                              config.get("resume", "same_run"), data_fingerprint, data_file)
+    changes = run_identity.check_resume(workdir, json.loads(config.to_json_best_effort()),
+                                        config.get("resume", "same_run"), data_fingerprint,
+                                        data_file)
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    run_lock.hold(workdir)  # before any write; released when the job's `run` returns
+    run_identity.record_resume(workdir, changes)
+    atomic.write_text(workdir / "config.json", config.to_json_best_effort(indent=2))
   return workdir, mesh
 
 

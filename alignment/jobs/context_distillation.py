@@ -28,7 +28,7 @@ from alignment.rl import context_distillation as cd
 from alignment.rl import generation
 from alignment.rl import prompts as prompts_lib
 from alignment.rl import rejection_sampling as rs
-from alignment.training import distributed
+from alignment.training import atomic, distributed, run_lock
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,7 @@ def refusal_rate(sample_fn: generation.SampleFn, prompts: list[str], template, b
   return float(np.mean([s > 0 for s in scorers.refusal_scorer(records)]))
 
 
+@run_lock.released_on_return
 def run(config: ml_collections.ConfigDict, reward_fn: rs.RewardFn | None = None
         ) -> dict[str, Any]:
   """`reward_fn` (or `distill.reward`) turns on targeted distillation."""
@@ -88,7 +89,7 @@ def run(config: ml_collections.ConfigDict, reward_fn: rs.RewardFn | None = None
       keep = cd.targeted_keep(scores["with"], scores["without"])
     examples = cd.training_examples(samples, keep)
     if distributed.is_primary():
-      with open(workdir / "samples.jsonl", "w", encoding="utf-8") as f:
+      with atomic.writing(workdir / "samples.jsonl") as f:
         for i, p in enumerate(prompts):
           row = {"prompt": p, "model_input": cd.model_input(p, template,
                                                               config.distill.preprompt),
@@ -109,9 +110,8 @@ def run(config: ml_collections.ConfigDict, reward_fn: rs.RewardFn | None = None
   outputs: dict[str, Any] = {}
   if distributed.is_primary():
     outputs.update(common.save_lora(workdir, trainer.state.params, lcfg))
-    (workdir / "result.json").write_text(json.dumps(
-        {"figures": figures, "train": train_summary, "outputs": outputs}, indent=2,
-        default=str))
+    atomic.write_json(workdir / "result.json",
+                      {"figures": figures, "train": train_summary, "outputs": outputs})
   log.info("context distillation: %s", json.dumps(figures))
   return {"state": trainer.state, "samples": samples, "keep": keep, "figures": figures,
           "outputs": outputs}

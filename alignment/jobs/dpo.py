@@ -28,7 +28,7 @@ from alignment.jobs import common
 from alignment.reward import data as reward_data
 from alignment.reward import model as reward_model
 from alignment.rl import dpo
-from alignment.training import distributed
+from alignment.training import atomic, distributed, run_lock
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,7 @@ def validation_metrics(eval_fn, params, pairs: list, batch_size: int, buckets, p
   return {f"val_{k}": v / count for k, v in totals.items()}
 
 
+@run_lock.released_on_return
 def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   dpo_cfg = dpo_config(config)
   if config.eval.batch_size < 1:
@@ -98,7 +99,7 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   train_pairs, val_pairs, data_report = build_pairs(config, tokenizer, cfg.vocab_size)
   log.info("dpo data: %s", json.dumps(data_report))
   if distributed.is_primary():
-    (workdir / "data.json").write_text(json.dumps(data_report, indent=2, default=str))
+    atomic.write_json(workdir / "data.json", data_report)
   pad_id = max(tokenizer.pad_id, 0) if tokenizer is not None else 0
   pipe = pipeline.PipelineConfig(
       max_length=config.data.max_length, batch_size=config.train.batch_size, seed=config.seed,
@@ -136,5 +137,5 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
     outputs.update(common.save_lora(workdir, final_state.params, lcfg))
     summary = {"train": result.summary, "validation": history, "outputs": outputs,
                "data": data_report, "dpo": dataclasses.asdict(dpo_cfg)}
-    (workdir / "result.json").write_text(json.dumps(summary, indent=2, default=str))
+    atomic.write_json(workdir / "result.json", summary)
   return {"state": final_state, "history": history, "outputs": outputs, "data": data_report}

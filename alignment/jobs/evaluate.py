@@ -45,6 +45,7 @@ from alignment.evaluation.records import ANSWERS_FILE, RESULT_FILE, AnswerRecord
 from alignment.jobs import common
 from alignment.prompts.templates import PromptTemplate
 from alignment.sampling import Sampler, SamplingParams
+from alignment.training import atomic, run_lock
 
 log = logging.getLogger(__name__)
 
@@ -265,6 +266,7 @@ def answer_attacks(cfg, params, tokenizer, template: PromptTemplate | None,
   return records, stats
 
 
+@run_lock.released_on_return
 def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   # Everything cheap is checked before the slow model load.
   names = parse_sets(config.sets)
@@ -298,7 +300,8 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
   workdir = pathlib.Path(config.workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+  run_lock.hold(workdir)  # one process per workdir, before any write
+  atomic.write_text(workdir / "config.json", config.to_json_best_effort(indent=2))
 
   start = time.perf_counter()
   cfg, params, tokenizer = load_params(source)
@@ -355,7 +358,7 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
     result["attack_generation"] = {
         name: {**dataclasses.asdict(st), "tokens_per_second": st.tokens_per_second}
         for name, st in attack_stats.items()}
-  (workdir / RESULT_FILE).write_text(json.dumps(result, indent=2, default=str))
+  atomic.write_json(workdir / RESULT_FILE, result)
   log.info("unsafe refusal %s, XSTest false refusal %s; report in %s",
            summary.unsafe_refusal_rate, summary.false_refusal_rate, paths["markdown"])
   if attack_summary is not None:

@@ -11,7 +11,6 @@ adapters.npz (the policy's LoRA) and result.json (per-iteration metrics; written
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import time
 from typing import Any
@@ -30,7 +29,7 @@ from alignment.rl import ppo
 from alignment.rl import prompts as prompts_lib
 from alignment.rl.roles import Policy, Reference, Rollouts, ValueModel, make_reward
 from alignment.sampling import SamplingParams, bucket_size, generate
-from alignment.training import distributed, metrics as metrics_lib
+from alignment.training import atomic, distributed, metrics as metrics_lib, run_lock
 from alignment.training import optimizer as optimizer_lib
 from alignment.training import step as step_lib
 from alignment.training import train_state as train_state_lib
@@ -247,6 +246,7 @@ def build(config: ml_collections.ConfigDict, mesh):
   return trainer, state, prompts, kl_ctl
 
 
+@run_lock.released_on_return
 def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   workdir, mesh = common.start(config)  # joins the process group: process_count is known after
   if jax.process_count() > 1:
@@ -318,6 +318,6 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
     summary = {"history": history, "samples": samples, "outputs": outputs,
                "start_iteration": start, "final_iteration": iterations, "wall_seconds": wall,
                "final_kl_coef": kl_ctl.value}
-    (workdir / "result.json").write_text(json.dumps(summary, indent=2, default=str))
+    atomic.write_json(workdir / "result.json", summary)
   return {"state": state, "history": history, "outputs": outputs, "kl_coef": kl_ctl.value,
           "start_iteration": start}

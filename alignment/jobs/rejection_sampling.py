@@ -23,7 +23,7 @@ from alignment.rl import generation
 from alignment.rl import prompts as prompts_lib
 from alignment.rl import rejection_sampling as rs
 from alignment.sampling import Sampler, SamplingParams
-from alignment.training import distributed
+from alignment.training import atomic, distributed, run_lock
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +71,12 @@ def make_reward(section: ml_collections.ConfigDict,
 
 
 def _write_jsonl(path, rows) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  with open(path, "w", encoding="utf-8") as f:
+  with atomic.writing(path) as f:
     for row in rows:
       f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
+@run_lock.released_on_return
 def run(config: ml_collections.ConfigDict, reward_fn: rs.RewardFn | None = None
         ) -> dict[str, Any]:
   """Runs every round; `reward_fn` overrides `config.rs.reward` (e.g. a Python function)."""
@@ -124,11 +124,10 @@ def run(config: ml_collections.ConfigDict, reward_fn: rs.RewardFn | None = None
     history.append(record)
     log.info("round %d: %s", r, json.dumps(record))
     if distributed.is_primary():
-      (round_dir / "round.json").write_text(json.dumps(record, indent=2))
+      atomic.write_json(round_dir / "round.json", record)
 
   outputs: dict[str, Any] = {}
   if distributed.is_primary():
     outputs.update(common.save_lora(workdir, trainer.state.params, lcfg))
-    (workdir / "result.json").write_text(json.dumps(
-        {"rounds": history, "outputs": outputs}, indent=2, default=str))
+    atomic.write_json(workdir / "result.json", {"rounds": history, "outputs": outputs})
   return {"state": trainer.state, "rounds": history, "outputs": outputs}

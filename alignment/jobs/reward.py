@@ -24,7 +24,7 @@ from alignment.reward import data as reward_data
 from alignment.reward import evaluate, losses
 from alignment.reward import model as reward_model
 from alignment.reward.saved import save_reward_model
-from alignment.training import distributed
+from alignment.training import atomic, distributed, run_lock
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,7 @@ def score_pairs(score_fn, params, pairs: list, batch_size: int, max_length: int,
   return np.concatenate(chosen), np.concatenate(rejected)
 
 
+@run_lock.released_on_return
 def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   check_config(config)
   loss_cfg = losses.RankingLossConfig(config.loss.margin_scale, config.loss.centering)
@@ -119,12 +120,12 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   report.update(split="validation", data=data_report, train=result.summary)
   outputs: dict[str, Any] = {}
   if distributed.is_primary():
-    (workdir / "eval.json").write_text(json.dumps(report, indent=2, default=str))
+    atomic.write_json(workdir / "eval.json", report)
     report["scores"] = {"chosen": r_chosen.tolist(), "rejected": r_rejected.tolist()}
     outputs["calibration_png"] = str(evaluate.plot_calibration(
         report, workdir / "calibration.png",
         title=f"{data_report['source']} reward model, validation"))
-    (workdir / "scores.json").write_text(json.dumps(report["scores"]))
+    atomic.write_json(workdir / "scores.json", report["scores"], indent=None)
     outputs["reward_model"] = str(save_reward_model(
         workdir / "reward_model", cfg, params, lcfg, tokenizer, config.model.to_dict(),
         {"source": data_report["source"], "max_length": config.data.max_length,

@@ -18,6 +18,7 @@ from alignment.interpret.salience import SalienceResult, prompt_salience
 from alignment.jobs import common
 from alignment.prompts.library import resolve_template
 from alignment.sampling import Sampler, SamplingParams
+from alignment.training import atomic
 
 
 def run(config: ml_collections.ConfigDict) -> SalienceResult:
@@ -50,8 +51,7 @@ def run(config: ml_collections.ConfigDict) -> SalienceResult:
   logging.info("salience of %d tokens in %.1f s (compilation included)", len(result.pieces),
                time.perf_counter() - start)
   path = pathlib.Path(config.out)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_text(render.to_html(result, title=config.title), encoding="utf-8")
+  atomic.write_text(path, render.to_html(result, title=config.title))
   for method in methods:
     if method != "none":
       print(render.to_terminal(result, method))

@@ -22,7 +22,7 @@ from alignment import lora as lora_lib
 from alignment.data import mixtures, pipeline
 from alignment.jobs import common
 from alignment.sampling import Sampler
-from alignment.training import distributed, losses
+from alignment.training import atomic, distributed, losses, run_lock
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,7 @@ def _text_digest(example) -> str:
   return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+@run_lock.released_on_return
 def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   # The data first: its fingerprint is checked against a resumed run's before any write.
   train_examples, eval_examples, mixture_report = build_data(config)
@@ -72,7 +73,7 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   cfg, lcfg, tokenizer = trainable.model_config, trainable.lora, trainable.tokenizer
 
   if distributed.is_primary():
-    (workdir / "mixture.json").write_text(json.dumps(mixture_report, indent=2, default=str))
+    atomic.write_json(workdir / "mixture.json", mixture_report)
   pipe = pipeline.PipelineConfig(
       max_length=config.data.max_length, batch_size=config.train.batch_size,
       packing=config.data.packing, seed=config.seed, system=config.data.system_prompt,
@@ -119,5 +120,5 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
     summary = {"train": result.summary, "evaluations": history, "outputs": outputs,
                "train_examples": len(train_examples), "eval_examples": len(eval_examples),
                "tokenize": dataclasses.asdict(batches.stats) if batches.stats else None}
-    (workdir / "result.json").write_text(json.dumps(summary, indent=2, default=str))
+    atomic.write_json(workdir / "result.json", summary)
   return {"state": final_state, "history": history, "outputs": outputs}

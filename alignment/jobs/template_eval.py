@@ -34,6 +34,7 @@ from alignment.evaluation.records import AnswerRecord, write_answers
 from alignment.jobs import common, evaluate
 from alignment.prompts.library import DynamicTemplate, Template, resolve_template, template_texts
 from alignment.sampling import Sampler, SamplingParams
+from alignment.training import atomic, run_lock
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,7 @@ def _answer(sampler: Sampler, template: Template | None, prompts: Sequence[EvalP
   return [dataclasses.replace(r, prompt=p.prompt) for r, p in zip(records, prompts)], stats
 
 
+@run_lock.released_on_return
 def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   names = evaluate.parse_sets(config.sets)
   if config.route_by not in ROUTES:
@@ -123,7 +125,8 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
   workdir = pathlib.Path(config.workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+  run_lock.hold(workdir)  # one process per workdir, before any write
+  atomic.write_text(workdir / "config.json", config.to_json_best_effort(indent=2))
   source = evaluate.resolve_model(config)
   start = time.perf_counter()
   cfg, params, tokenizer = evaluate.load_params(source)
@@ -147,12 +150,13 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
   table = comparison_table(summaries)
   title = f"Template {config.template!r} against {config.baseline!r}"
-  (workdir / "comparison.md").write_text(
+  atomic.write_text(
+      workdir / "comparison.md",
       f"# {title}\n\nSame model, prompts and decoding; only the prompt template differs. "
       f"{len(prompts)} prompts, {config.max_new_tokens} new tokens at most.\n\n"
-      f"{table.to_markdown()}\n", encoding="utf-8")
-  (workdir / "comparison.json").write_text(
-      json.dumps({"title": title, "table": table.to_json()}, indent=2) + "\n", encoding="utf-8")
+      f"{table.to_markdown()}\n")
+  atomic.write_text(workdir / "comparison.json",
+                    json.dumps({"title": title, "table": table.to_json()}, indent=2) + "\n")
   result = {
       "template": config.template, "baseline": config.baseline,
       "template_file": config.template_file, "sets": names, "prompts": len(prompts),
@@ -162,6 +166,6 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
       "unsafe_refusal_rate": {c: s.unsafe_refusal_rate for c, s in summaries.items()},
       "false_refusal_rate": {c: s.false_refusal_rate for c, s in summaries.items()},
   }
-  (workdir / "result.json").write_text(json.dumps(result, indent=2, default=str))
+  atomic.write_json(workdir / "result.json", result)
   print(table.to_markdown())
   return {"summaries": summaries, "table": table, "workdir": workdir}

@@ -24,7 +24,8 @@ import dataclasses
 import json
 import os
 import pathlib
-import tempfile
+import zipfile
+import zlib
 from typing import Any
 
 import jax
@@ -35,6 +36,7 @@ from jax.sharding import PartitionSpec as P
 from alignment import model as model_lib
 from alignment.model.config import ModelConfig
 from alignment.model.low_rank import LowRank
+from alignment.training import atomic
 
 Params = Any
 
@@ -209,9 +211,23 @@ def save_adapters(path: str | os.PathLike, adapters: Params, lora: LoraConfig) -
       for part, value in ab.items():
         flat[f"{layer_name}/{name}/{part}"] = np.asarray(jax.device_get(value))
   flat["__config__"] = np.frombuffer(json.dumps(dataclasses.asdict(lora)).encode(), np.uint8)
-  with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz", delete=False) as tmp:
-    np.savez(tmp, **flat)
-  os.replace(tmp.name, path)
+  with atomic.writing(path, "wb") as f:
+    np.savez(f, **flat)
+
+
+def _entry(data: Any, path: pathlib.Path, key: str) -> np.ndarray:
+  """One array of an open .npz; a pickled object or a damaged member names the file and key
+  (pickles are never loaded: an adapter file holds plain arrays)."""
+  try:
+    return data[key]
+  except ValueError as e:
+    if "allow_pickle" in str(e):
+      raise ValueError(f"{path}: entry {key!r} is a pickled object array; adapter files hold "
+                       "plain numeric arrays only, and pickles are not loaded") from None
+    raise ValueError(f"{path}: entry {key!r} cannot be read ({e})") from None
+  except (zipfile.BadZipFile, EOFError, OSError, zlib.error) as e:
+    raise ValueError(f"{path}: entry {key!r} is truncated or damaged "
+                     f"({type(e).__name__}: {e})") from None
 
 
 def load_adapters(path: str | os.PathLike, model: ModelConfig | None = None
@@ -220,10 +236,17 @@ def load_adapters(path: str | os.PathLike, model: ModelConfig | None = None
   path = pathlib.Path(path)
   if not path.is_file():
     raise FileNotFoundError(f"no LoRA adapter file at {path}")
-  with np.load(path) as data:
+  try:
+    data = np.load(path, allow_pickle=False)
+  except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
+    raise ValueError(f"{path}: not a readable .npz, truncated or damaged "
+                     f"({type(e).__name__}: {e})") from None
+  if not isinstance(data, np.lib.npyio.NpzFile):  # a lone .npy array under this name
+    raise ValueError(f"{path}: not a LoRA adapter file (one array, not an .npz archive)")
+  with data:
     if "__config__" not in data:
       raise ValueError(f"{path}: not a LoRA adapter file (no __config__ entry)")
-    raw = json.loads(bytes(data["__config__"]).decode())
+    raw = json.loads(bytes(_entry(data, path, "__config__")).decode())
     raw["targets"] = tuple(raw["targets"])
     lora = LoraConfig(**raw)
     adapters: dict = {}
@@ -231,7 +254,8 @@ def load_adapters(path: str | os.PathLike, model: ModelConfig | None = None
       if key == "__config__":
         continue
       layer_name, name, part = key.split("/")
-      adapters.setdefault(layer_name, {}).setdefault(name, {})[part] = jnp.asarray(data[key])
+      adapters.setdefault(layer_name, {}).setdefault(name, {})[part] = jnp.asarray(
+          _entry(data, path, key))
   if model is not None:
     expected = jax.eval_shape(lambda: init_adapters(model, lora, jax.random.key(0)))
     want = {jax.tree_util.keystr(k): v.shape for k, v in

@@ -27,6 +27,7 @@ from alignment.checkpoints.loading import load_model
 from alignment.model.config import ModelConfig
 from alignment.reward import model as reward_model
 from alignment.tokenizer import Tokenizer
+from alignment.training import atomic
 
 META = "reward_model.json"
 FORMAT_VERSION = 1
@@ -53,8 +54,8 @@ def save_reward_model(directory: str | pathlib.Path, config: ModelConfig, params
   directory = pathlib.Path(directory)
   directory.mkdir(parents=True, exist_ok=True)
   params = jax.device_get(params)
-  np.savez(directory / "head.npz", w=np.asarray(params["head"]["w"]),
-           b=np.asarray(params["head"]["b"]))
+  with atomic.writing(directory / "head.npz", "wb") as f:
+    np.savez(f, w=np.asarray(params["head"]["w"]), b=np.asarray(params["head"]["b"]))
   if lora is not None:
     lora_lib.save_adapters(directory / "adapters.npz", params["lora"], lora)
   else:
@@ -64,7 +65,7 @@ def save_reward_model(directory: str | pathlib.Path, config: ModelConfig, params
     (directory / "tokenizer.model").write_bytes(tokenizer.serialized_proto())
   full = {"format_version": FORMAT_VERSION, "model": dict(model_section),
           "lora": lora is not None, **meta}
-  (directory / META).write_text(json.dumps(full, indent=2, default=str))
+  atomic.write_json(directory / META, full)
   return directory
 
 

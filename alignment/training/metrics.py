@@ -6,7 +6,6 @@ writers in flax.metrics and clu import TensorFlow, which this project does not i
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import Any
@@ -15,6 +14,7 @@ import jax
 from tqdm.auto import tqdm
 
 from alignment.model import ModelConfig
+from alignment.training import atomic
 
 # Dense bf16 peak FLOP/s per device (one chip; TPU v2/v3 chips hold two cores that JAX shows
 # as one device since v4 only, so v2/v3 are listed per core). Sources: Cloud TPU system
@@ -153,9 +153,7 @@ class MetricsLogger:
     clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
              for k, v in summary.items()}
     path = os.path.join(self.output_dir, "summary.json")
-    with open(path + ".tmp", "w") as f:
-      json.dump(clean, f, indent=2, sort_keys=True)
-    os.replace(path + ".tmp", path)
+    atomic.write_json(path, clean, sort_keys=True, default=None)
     return path
 
   def close(self) -> None:

@@ -18,6 +18,8 @@ import json
 import pathlib
 from typing import Any
 
+from alignment.training import atomic
+
 RESUME_CHOICES = ("same_run", "continue_with_changes")
 
 # Exact dotted keys, or a section prefix ending in ".".
@@ -75,6 +77,8 @@ def check_resume(workdir: pathlib.Path, config: dict, mode: str = "same_run",
                  data: dict | None = None, data_file: str | None = None) -> dict:
   """Refuses (RunMismatchError) to resume a run whose config or data changed, unless
   `mode` is 'continue_with_changes'; returns the changes found ({} for a fresh run).
+  Writes nothing: the caller records accepted changes (`record_resume`) once it holds the
+  run's lock.
 
   `data` is this run's data fingerprint, compared with the one saved in `data_file` (a JSON
   file in the workdir) under the prefix "data_fingerprint.".
@@ -101,9 +105,16 @@ def check_resume(workdir: pathlib.Path, config: dict, mode: str = "same_run",
         f"{lines}\nUse a new workdir, restore the old values, or set "
         "config.resume=continue_with_changes to resume with these changes (they are then "
         f"recorded in {HISTORY_FILE}).")
+  return changes
+
+
+def record_resume(workdir: pathlib.Path, changes: dict[str, tuple[Any, Any]]) -> None:
+  """Appends accepted resume changes (from `check_resume`) to resume_history.json."""
+  if not changes:
+    return
+  workdir = pathlib.Path(workdir)
   history_path = workdir / HISTORY_FILE
   history = json.loads(history_path.read_text()) if history_path.is_file() else []
-  history.append({"resumed_from_step": steps[-1],
+  history.append({"resumed_from_step": checkpoint_steps(workdir)[-1],
                   "changes": {k: {"old": b, "new": a} for k, (b, a) in changes.items()}})
-  history_path.write_text(json.dumps(history, indent=2, default=str))
-  return changes
+  atomic.write_json(history_path, history)
