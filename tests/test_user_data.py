@@ -25,6 +25,7 @@ from alignment.jobs import sft
 from alignment.prompts.templates import ALPACA
 from alignment.reward import data as reward_data
 from alignment.reward import saved
+from alignment.training import run_identity
 from configs import dpo as dpo_config
 from configs import evaluate as evaluate_config
 from configs import reward as reward_cfg
@@ -194,6 +195,15 @@ def test_wrong_kind_of_file_for_the_job(tmp_path):
                            safety_source=write_jsonl(tmp_path / "mine.json", alpaca_rows(2)))
   with pytest.raises(ValueError, match="named twice"):
     evaluate.parse_sets(f"xstest,{write_csv(tmp_path / 'xstest.csv', ['prompt'], [['a']])}")
+
+
+def test_runs_saved_before_the_new_keys_still_resume():
+  old = {"data": {"source": "hh_harmless"}}
+  assert run_identity.differences(old, {"data": {"source": "hh_harmless", "columns": "",
+                                                 "template": ""}}) == {}
+  assert run_identity.differences(old, {"data": {"source": "hh_harmless", "columns": "",
+                                                 "template": "alpaca"}}) == {
+      "data.template": ("(absent)", "alpaca")}
 
 
 # ---------------------------------------------------------------------------------------------
