@@ -187,12 +187,16 @@ def test_errors_name_file_line_and_field(tmp_path):
 
 def test_wrong_kind_of_file_for_the_job(tmp_path):
   pairs = write_jsonl(tmp_path / "pairs.jsonl", pair_rows(4))
-  with pytest.raises(ValueError, match="holds preference pairs; instruction examples are "
-                                       "needed.*messages, alpaca, prompt_completion"):
+  with pytest.raises(ValueError, match=r"holds preference pairs; instruction examples are "
+                     r"needed.*messages \(messages\), alpaca \(instruction/output\)"):
     mixtures.build_mixture(mixtures.MixtureConfig(base_source=pairs, num_base=2))
   with pytest.raises(ValueError, match="both read as source 'mine'"):
     mixtures.MixtureConfig(base_source=write_jsonl(tmp_path / "mine.jsonl", alpaca_rows(2)),
                            safety_source=write_jsonl(tmp_path / "mine.json", alpaca_rows(2)))
+  config = dpo_config.get_config("tiny")
+  config.data.template = "alpacca"
+  with pytest.raises(ValueError, match="data.template: unknown prompt template 'alpacca'"):
+    dpo_job.run(config)
   with pytest.raises(ValueError, match="named twice"):
     evaluate.parse_sets(f"xstest,{write_csv(tmp_path / 'xstest.csv', ['prompt'], [['a']])}")
 

@@ -406,7 +406,8 @@ def load(name: str, data_dir: str | os.PathLike | None = None, *, columns: str =
     records = read(name, data_dir, columns=columns, **locate_kwargs).records
   if expect is not None and records and not isinstance(records[0], expect):
     got = type(records[0])
-    formats = ", ".join(user_files.formats_of(expect))
+    formats = ", ".join(f"{f} ({'/'.join(user_files.FORMATS[f][0])})"
+                        for f in user_files.formats_of(expect))
     raise ValueError(f"source {name!r} holds {_KIND_WORDS.get(got, got.__name__)}; "
                      f"{_KIND_WORDS.get(expect, expect.__name__)} are needed here (file "
                      f"formats: {formats}; see alignment/data/user_files.py)")

@@ -20,7 +20,6 @@ import numpy as np
 from alignment import sharding
 from alignment.data import batching, pipeline, user_files
 from alignment.jobs import common
-from alignment.prompts.templates import get_template
 from alignment.reward import data as reward_data
 from alignment.reward import evaluate, losses
 from alignment.reward import model as reward_model
@@ -39,8 +38,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if not names or any(n not in SOURCES and not user_files.is_path(n) for n in names):
     raise ValueError(f"data.source={d.source!r}; expected one of {SOURCES} or a file of "
                      "prompt/chosen/rejected pairs (.jsonl, .json, .csv, .parquet)")
-  if d.get("template"):
-    get_template(d.template)  # a misspelt name fails before the model loads
+  reward_data.data_template(d)  # a misspelt template fails before the model loads
   if not 0.0 < d.validation_fraction < 1.0:
     raise ValueError(f"data.validation_fraction={d.validation_fraction} must be in (0, 1)")
   for name in ("max_pairs", "max_validation_pairs", "synthetic_pairs"):

@@ -163,6 +163,18 @@ def check_source_names(names: Sequence[str]) -> None:
                      "prompt/chosen/rejected file: .jsonl, .json, .csv, .parquet)")
 
 
+def data_template(d: Any) -> PromptTemplate | None:
+  """The template `data.template` names (None for '', prompts as stored); a ValueError naming
+  the key for an unknown one."""
+  name = d.get("template", "")
+  if not name:
+    return None
+  try:
+    return get_template(name)
+  except KeyError as e:
+    raise ValueError(f"data.template: {e.args[0]} (or '' for prompts as stored)") from None
+
+
 def apply_template(pair: PreferencePair, template: PromptTemplate | None) -> PreferencePair:
   """The pair as the model sees it: the prompt in `template` (its response suffix after each
   reply, as SFT trains), or as stored when there is none (HH transcripts are already turns)."""
@@ -195,8 +207,7 @@ def build_pairs(config: Any, tokenizer: Tokenizer | None, vocab_size: int
     report: dict[str, Any] = {"source": "synthetic", "pairs": len(pairs)}
   else:
     check_source_names(names)
-    template_name = d.get("template", "")
-    template = get_template(template_name) if template_name else None
+    template = data_template(d)
     if tokenizer is None:
       raise ValueError(f"data.source={d.source!r} needs a tokenizer: the checkpoint has none; "
                        "set model.tokenizer")
@@ -209,7 +220,7 @@ def build_pairs(config: Any, tokenizer: Tokenizer | None, vocab_size: int
     train, train_stats = tokenize_pairs_keep_end(train_records, tokenizer,
                                                              d.max_length)
     val, val_stats = tokenize_pairs_keep_end(val_records, tokenizer, d.max_length)
-    report = {"source": d.source, "template": template_name, "pairs": len(records),
+    report = {"source": d.source, "template": d.get("template", ""), "pairs": len(records),
               "groups": split.groups,
               "split_train": len(split.train), "split_validation": len(split.validation),
               "tokenize_train": dataclasses.asdict(train_stats),
