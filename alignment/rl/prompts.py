@@ -2,8 +2,9 @@
 distillation), and a resumable iterator over them.
 
 Sources: instruction sets (Alpaca, the Self-Instruct seeds; instruction and input joined),
-evaluation sets (their prompts), a user's file of any of these kinds, and HH conversations (the human turn of one-turn transcripts,
-e.g. HH harmless's red-team requests). The iterator's position (epoch, index) is what a
+evaluation sets (their prompts), HH conversations (the human turn of one-turn transcripts,
+e.g. HH harmless's red-team requests) and a user's file of any of these kinds (a preference
+file's prompt is the request). The iterator's position (epoch, index) is what a
 checkpoint saves as the data state.
 """
 
