@@ -124,6 +124,13 @@ def test_each_format_becomes_its_records(tmp_path):
   assert pairs == [PreferencePair("p1", "good", "bad", source="prefs", margin=2.0),
                    PreferencePair("p2", "ok", "meh", source="prefs")]
 
+  # HH-style rows (whole transcripts, no prompt column) split as the HH sources do.
+  turn = "\n\nHuman: Hi?\n\nAssistant:"
+  hh = sources.read(write_jsonl(tmp_path / "hh_train.jsonl", [
+      {"chosen": turn + " Hello!", "rejected": turn + " Go."}]))
+  assert hh.format == "hh" and hh.records == [
+      PreferencePair(turn, " Hello!", " Go.", source="hh_train")]
+
   probes = sources.read(write_csv(tmp_path / "probes.csv", ["goal", "label", "category"],
                                   [["How to pick a lock?", "unsafe", "crime"],
                                    ["How to bake bread?", "Safe", ""], ["Hmm?", "", ""]]),
@@ -181,6 +188,8 @@ def test_errors_name_file_line_and_field(tmp_path):
   assert (e.line, e.field) == (3, "label")
   e = _error(write_csv(tmp_path / "ids.csv", ["prompt", "id"], [["a", "1"], ["b", "1"]]))
   assert (e.line, e.field) == (3, "id")
+  e = _error(write_jsonl(tmp_path / "cr.jsonl", [{"chosen": "yes", "rejected": "no"}]))
+  assert (e.line, e.field) == (1, "chosen/rejected") and "add or map a prompt column" in str(e)
   (tmp_path / "x.txt").write_text("hello\n")
   assert "unknown file type '.txt'" in str(_error(str(tmp_path / "x.txt")))
 

@@ -18,9 +18,10 @@ from collections.abc import Callable
 from typing import Any
 
 from alignment.data import download as download_lib
-from alignment.data import readers, user_files
+from alignment.data import readers, transcripts, user_files
 from alignment.data.readers import DataError, require
 from alignment.data.records import EvalPrompt, InstructionExample, PreferencePair
+from alignment.data.transcripts import split_transcripts
 
 DATA_DIR_ENV = "ALIGNMENT_DATA_DIR"
 
@@ -35,7 +36,7 @@ _HH = ("https://media.githubusercontent.com/media/anthropics/hh-rlhf/"
 _XSTEST = ("https://raw.githubusercontent.com/paul-rottger/xstest/"
            "d7bb5bd738c1fcbc36edd83d5e7d1b71a3e2d84d/")
 
-_ASSISTANT = "\n\nAssistant:"
+_ASSISTANT = transcripts.ASSISTANT
 
 Record = InstructionExample | PreferencePair | EvalPrompt
 
@@ -112,26 +113,6 @@ def _seed_tasks(path: pathlib.Path, name: str) -> ReadResult:
                                     output=inst["output"], source=name, tags=tags))
     tasks += 1
   return ReadResult(name, path, out, {"tasks": tasks, "examples": len(out)})
-
-
-def split_transcripts(chosen: str, rejected: str) -> tuple[str, str, str, bool]:
-  """(prompt, chosen reply, rejected reply, clean) for two HH transcripts.
-
-  The prompt is the shared text up to and including the last "\\n\\nAssistant:" both share, so
-  `prompt + reply` reproduces each transcript exactly. `clean` is False when that is not the last
-  Assistant marker of both (a few HH pairs differ earlier, or have a turn marker lost in the
-  text); their replies then span more than one turn. Raises ValueError if nothing is shared.
-  """
-  n = 0
-  limit = min(len(chosen), len(rejected))
-  while n < limit and chosen[n] == rejected[n]:
-    n += 1
-  cut = chosen.rfind(_ASSISTANT, 0, n)  # the last marker lying wholly in the common prefix
-  if cut < 0:
-    raise ValueError("chosen and rejected share no '\\n\\nAssistant:' prefix")
-  end = cut + len(_ASSISTANT)
-  clean = chosen.rfind(_ASSISTANT) == cut and rejected.rfind(_ASSISTANT) == cut
-  return chosen[:end], chosen[end:], rejected[end:], clean
 
 
 def _hh_pairs(path: pathlib.Path, name: str) -> ReadResult:

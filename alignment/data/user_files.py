@@ -9,6 +9,7 @@ renames `goal` to `prompt` and `target` to `completion`):
   prompt, completion [, input]         prompt_completion  -> InstructionExample
   messages (a list of {role, content})  messages           -> InstructionExample
   prompt, chosen, rejected [, margin]  preference         -> PreferencePair
+  chosen, rejected (HH transcripts)    hh                 -> PreferencePair (prompt split off)
   prompt [, label, category, id]       eval               -> EvalPrompt
 
 Records carry the file's stem as their source (`/x/probes.csv` -> "probes"), which is also
@@ -27,6 +28,7 @@ from typing import Any
 from alignment.data import readers
 from alignment.data.readers import DataError, require
 from alignment.data.records import EvalPrompt, InstructionExample, PreferencePair
+from alignment.data.transcripts import split_transcripts
 
 try:  # optional: Parquet files are read only where pyarrow is installed
   import pyarrow.parquet as _parquet
@@ -39,13 +41,15 @@ _COMPRESSIBLE = (".json", ".jsonl", ".csv")
 # format -> (columns that identify it, record type); checked in this order.
 FORMATS: dict[str, tuple[tuple[str, ...], type]] = {
     "preference": (("prompt", "chosen", "rejected"), PreferencePair),
+    "hh": (("chosen", "rejected"), PreferencePair),
     "messages": (("messages",), InstructionExample),
     "alpaca": (("instruction", "output"), InstructionExample),
     "prompt_completion": (("prompt", "completion"), InstructionExample),
     "eval": (("prompt",), EvalPrompt),
 }
 _EXPECTED = ("instruction/output[/input] (alpaca), prompt/completion, messages (chat turns), "
-             "prompt/chosen/rejected (preference pairs), prompt[/label/category/id] "
+             "prompt/chosen/rejected (preference pairs), chosen/rejected (HH transcripts), "
+             "prompt[/label/category/id] "
              "(evaluation prompts)")
 ROLES = ("system", "user", "assistant")
 LABELS = ("safe", "unsafe")
@@ -276,6 +280,22 @@ def _preference(row, path, line, name, counts) -> PreferencePair:
                         margin=_margin(row, path, line))
 
 
+def _hh(row, path, line, name, counts) -> PreferencePair:
+  """Two whole HH transcripts: the prompt is what they share up to an Assistant turn."""
+  chosen = require(row, "chosen", path, line, nonempty=True)
+  rejected = require(row, "rejected", path, line, nonempty=True)
+  try:
+    prompt, c, r, clean = split_transcripts(chosen, rejected)
+  except ValueError as e:
+    raise DataError(path, f"{e}; rows with chosen/rejected but no prompt column are read as "
+                    "HH transcripts (add or map a prompt column otherwise)", line=line,
+                    field="chosen/rejected") from e
+  counts["prefix_not_last_turn"] += not clean
+  counts["identical_replies"] += c == r
+  return PreferencePair(prompt=prompt, chosen=c, rejected=r, source=name,
+                        margin=_margin(row, path, line))
+
+
 def _eval(row, path, line, name, counts) -> EvalPrompt:
   prompt = require(row, "prompt", path, line, nonempty=True)
   label = _optional_text(row, "label", path, line).strip().lower() or None
@@ -298,11 +318,12 @@ def _eval(row, path, line, name, counts) -> EvalPrompt:
 
 
 _BUILD = {"alpaca": _instruction, "prompt_completion": _prompt_completion,
-          "messages": _messages, "preference": _preference, "eval": _eval}
+          "messages": _messages, "preference": _preference, "hh": _hh, "eval": _eval}
 _COUNT_KEYS = {"alpaca": ("empty_output",), "prompt_completion": ("empty_output",),
                "messages": ("multi_turn", "with_system", "dropped_trailing_turns",
                             "empty_output"),
                "preference": ("identical_replies",),
+               "hh": ("prefix_not_last_turn", "identical_replies"),
                "eval": ("prompts", "safe", "unsafe", "unlabelled")}
 
 
