@@ -25,6 +25,7 @@ from alignment.jobs import sft
 from alignment.prompts.templates import ALPACA
 from alignment.reward import data as reward_data
 from alignment.reward import saved
+from alignment.rl import prompts as rl_prompts
 from alignment.training import run_identity
 from configs import dpo as dpo_config
 from configs import evaluate as evaluate_config
@@ -208,6 +209,17 @@ def test_wrong_kind_of_file_for_the_job(tmp_path):
     dpo_job.run(config)
   with pytest.raises(ValueError, match="named twice"):
     evaluate.parse_sets(f"xstest,{write_csv(tmp_path / 'xstest.csv', ['prompt'], [['a']])}")
+
+
+def test_rl_prompts_from_user_files(tmp_path):
+  pairs = write_jsonl(tmp_path / "pairs.jsonl", pair_rows(3))
+  alpaca = write_jsonl(tmp_path / "alp.jsonl", alpaca_rows(2))
+  got = rl_prompts.load_prompts(f"{pairs},{alpaca}", None, seed=0)
+  assert sorted(p.text for p in got) == sorted(
+      [r["prompt"] for r in pair_rows(3)]
+      + ["Give three tips for staying healthy (0).\n\nadults",
+         "Give three tips for staying healthy (1)."])
+  assert {p.source for p in got} == {pairs, alpaca}  # as named, for unsafe_sources
 
 
 def test_runs_saved_before_the_new_keys_still_resume():
