@@ -25,6 +25,7 @@ from alignment.jobs import sft
 from alignment.prompts.templates import ALPACA
 from alignment.reward import data as reward_data
 from alignment.reward import saved
+from alignment.reward import scorer as reward_scorer
 from alignment.rl import prompts as rl_prompts
 from alignment.training import run_identity
 from configs import dpo as dpo_config
@@ -307,6 +308,12 @@ def test_reward_job_on_a_user_pairs_file(tmp_path, tokenizer_path):
   assert report["pairs"] == report["data"]["validation_pairs"] == 6
   rm = saved.load_reward_model(tmp_path / "rm" / "reward_model")
   assert rm.meta["prompt_format"] == "alpaca" and rm.meta["source"] == source
+  # As a scorer it wraps the evaluated prompt in the template it was trained with.
+  example = reward_scorer.RewardScorer(rm)._example(answer_records.AnswerRecord(
+      set="probes", id="0", prompt="Say hi.", answer="Hi."))
+  want = np.concatenate([tok.encode_prompt(ALPACA.format("Say hi."), rm.tokenizer),
+                         tok.encode_response("Hi.", None, rm.tokenizer)])
+  np.testing.assert_array_equal(example["tokens"], want)
 
 
 def test_dpo_job_on_a_user_pairs_csv(tmp_path, tokenizer_path):
