@@ -356,10 +356,6 @@ def read(path: str | pathlib.Path, columns: str | Mapping[str, str] | None = Non
   return UserFile(name, path, fmt, records, counts)
 
 
-def record_type(fmt: str) -> type:
-  return FORMATS[fmt][1]
-
-
 def formats_of(kind: type) -> list[str]:
   """The formats whose rows become records of type `kind`."""
   return [name for name, (_, t) in FORMATS.items() if t is kind]
