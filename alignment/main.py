@@ -4,6 +4,8 @@ Every config file defines `get_config(preset=None)` returning an ml_collections 
 with a `job` field naming a module in `alignment.jobs`; that module's `run(config)` does the
 work. Configs are locked before overrides apply, so a misspelt key or a value of the wrong
 type stops the program before any work starts, with the key named in the message.
+`--show_config` prints every key of the config (overrides applied) and exits: the names to
+override, and what a run would use.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import sys
 from absl import app
 from absl import flags
 from absl import logging as absl_logging
+import ml_collections
 from ml_collections import config_flags
 
 from alignment.training.preemption import Preempted
@@ -23,6 +26,19 @@ from alignment.training.preemption import Preempted
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a config file, optionally followed by ':preset'.",
     lock_config=True)
+_SHOW_CONFIG = flags.DEFINE_bool(
+    "show_config", False, "Print every key of the config (overrides applied) and exit.")
+
+
+def config_lines(config, prefix: str = "") -> list[str]:
+  """'a.b = value' for every leaf of a ConfigDict, keys sorted within each section."""
+  lines = []
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      lines += config_lines(value, f"{prefix}{key}.")
+    else:
+      lines.append(f"{prefix}{key} = {value!r}")
+  return lines
 
 
 def run_job(config) -> None:
@@ -64,6 +80,9 @@ class _QuietLibraries(logging.Filter):
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if _SHOW_CONFIG.value:
+    print("\n".join(config_lines(_CONFIG.value)))
+    return
   absl_logging.get_absl_handler().addFilter(_QuietLibraries())
   try:
     run_job(_CONFIG.value)

@@ -32,7 +32,14 @@ def get_config(preset: str | None = "default") -> ml_collections.ConfigDict:
   c.lora.last_layers = 0  # adapters on the top N layers only (0 = all)
   c.dpo = ml_collections.ConfigDict(dict(beta=0.1, loss_type="sigmoid", label_smoothing=0.0))
   c.data = ml_collections.ConfigDict(dict(
-      source="hh_harmless,hh_helpful",  # comma-separated preference sources, or 'synthetic'
+      # comma-separated preference sources or files, or 'synthetic'
+      source="hh_harmless,hh_helpful",
+      # A file holds prompt/chosen/rejected[/margin] rows (alignment/data/user_files.py);
+      # `columns` renames its columns first ("question:prompt,good:chosen,bad:rejected").
+      columns="",
+      # '' = each prompt as stored (HH transcripts are already "Human:/Assistant:" turns); or
+      # a template name (alpaca, gemma_chat) wrapping each prompt, as SFT's data.template.
+      template="",
       validation_fraction=0.1, max_length=256,
       max_pairs=0, max_validation_pairs=512,  # 0 = all
       synthetic_pairs=0))  # pairs generated for source='synthetic'

@@ -40,7 +40,11 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   c.model = sections.model()  # checkpoint='embedded', preset='gemma3_270m', dtype='float32'
   c.adapters = ""  # a LoRA adapters .npz applied on top of `model` ('' = none)
   c.run_dir = ""  # an SFT run directory: its config.json's model + its adapters.npz
-  c.sets = DEFAULT_SETS  # comma-separated evaluation source names
+  # Comma-separated evaluation source names and/or files of your own (.csv/.jsonl/.json/
+  # .parquet with a prompt column, optional label safe|unsafe, category, id), each reported
+  # under its stem; `columns` renames a file's columns first, e.g. "goal:prompt".
+  c.sets = DEFAULT_SETS
+  c.columns = ""
   c.max_prompts_per_set = 0  # 0 = all; otherwise N of each set (the first N, or see sample_seed)
   # Per-set overrides of max_prompts_per_set: -1 = max_prompts_per_set, 0 = all, N = N.
   c.limits = ml_collections.ConfigDict({name: -1 for name in EVAL_SOURCES})

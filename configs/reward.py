@@ -32,7 +32,13 @@ def get_config(preset: str | None = "safety") -> ml_collections.ConfigDict:
   c.lora = sections.lora(rank=8, alpha=16.0)
   c.lora.last_layers = 2  # adapters on the top N layers only (0 = all); see reward/model.py
   c.data = ml_collections.ConfigDict(dict(
-      source="hh_harmless",  # 'hh_harmless' | 'hh_helpful' | 'synthetic' (tests)
+      source="hh_harmless",  # 'hh_harmless' | 'hh_helpful' | 'synthetic' (tests) | a file
+      # A file holds prompt/chosen/rejected[/margin] rows (alignment/data/user_files.py);
+      # `columns` renames its columns first ("question:prompt,good:chosen,bad:rejected").
+      columns="",
+      # '' = each prompt as stored (HH transcripts are already "Human:/Assistant:" turns); or
+      # a template name (alpaca, gemma_chat) wrapping each prompt, as SFT's data.template.
+      template="",
       validation_fraction=0.2, max_length=128,
       max_pairs=0, max_validation_pairs=0,  # 0 = all
       synthetic_pairs=0))  # pairs generated for source='synthetic'

@@ -31,8 +31,11 @@ def get_config(preset: str | None = "paper_270m") -> ml_collections.ConfigDict:
   # True: x W + s (x A) B beside the frozen weights, no base weight gradient (a third fewer
   # projection FLOPs); False merges A B into W each step, which ran faster on a 2-core CPU.
   c.lora.unmerged = False
+  # base_source / safety_source: a source name (alignment/data/sources.py) or a file of your
+  # own (.json/.jsonl/.csv/.parquet; formats in alignment/data/user_files.py); `columns`
+  # renames a file's columns first, e.g. "question:instruction,answer:output".
   c.data = ml_collections.ConfigDict(dict(
-      base_source="alpaca", num_base=20_000, safety_source="safety_instructions",
+      base_source="alpaca", num_base=20_000, safety_source="safety_instructions", columns="",
       num_safety=0, safety_fraction=-1.0,  # >= 0 overrides num_safety
       safety_format="instruction",  # 'instruction' | 'question'
       template="alpaca", system_prompt="", dedup=False, remove_eval_overlap=True,

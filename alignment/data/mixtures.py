@@ -35,9 +35,10 @@ PROMPT_FORMATS = ("instruction", "question")
 class MixtureConfig:
   """One training mixture."""
 
-  base_source: str = "alpaca"
+  base_source: str = "alpaca"  # a source name or a user's file (sources.load)
   num_base: int | None = 20_000  # None: the whole base set
-  safety_source: str = "safety_instructions"
+  safety_source: str = "safety_instructions"  # likewise
+  columns: str = ""  # user files: "file_column:our_column,..." renamed before format detection
   num_safety: int = 0  # K; ignored when safety_fraction is set
   safety_fraction: float | None = None  # K / (N + K), rounded to the nearest whole example
   safety_format: str = "instruction"  # or "question"
@@ -63,7 +64,12 @@ class MixtureConfig:
       raise ValueError(f"safety_fraction must be in [0, 1), got {self.safety_fraction}")
     get_template(self.template)  # fails early on an unknown name
     for name in (self.base_source, self.safety_source):
-      sources.check_name(name)  # stored or derived (e.g. sources.HARMFUL_COMPLIANCE)
+      sources.check_name(name)  # stored, derived (e.g. sources.HARMFUL_COMPLIANCE) or a file
+    base, safety = (sources.source_name(n) for n in (self.base_source, self.safety_source))
+    if base == safety and self.base_source != self.safety_source:
+      # Records are told apart by source name (held-out examples are base ones).
+      raise ValueError(f"base_source {self.base_source!r} and safety_source "
+                       f"{self.safety_source!r} both read as source {base!r}; rename a file")
     for name in self.eval_sources:
       sources.get_source(name)
 
@@ -176,12 +182,15 @@ def build_mixture(cfg: MixtureConfig, data_dir: str | os.PathLike | None = None,
   """
   pools = pools or {}
 
-  def load(name: str) -> list[Any]:
-    return list(pools[name]) if name in pools else sources.load(name, data_dir)
+  def load(name: str, expect: type | None = None) -> list[Any]:
+    if name in pools:
+      return list(pools[name])
+    return sources.load(name, data_dir, columns=cfg.columns, expect=expect)
 
   hygiene_log: list[dict[str, Any]] = []
-  base_pool = drop_empty_outputs(load(cfg.base_source), "base", hygiene_log)
-  safety_pool = drop_empty_outputs(load(cfg.safety_source), "safety", hygiene_log)
+  base_pool = drop_empty_outputs(load(cfg.base_source, InstructionExample), "base", hygiene_log)
+  safety_pool = drop_empty_outputs(load(cfg.safety_source, InstructionExample), "safety",
+                                   hygiene_log)
   if cfg.dedup or cfg.remove_eval_overlap:
     evals = ([ep for name in cfg.eval_sources for ep in load(name)]
              if cfg.remove_eval_overlap else [])

@@ -1,7 +1,9 @@
 """Named data sources: where each file lives, how to check it, and how to read it into records.
 
 `load("alpaca")` gives typed records (`records.py`) from the data directory (an explicit argument,
-else `$ALIGNMENT_DATA_DIR`). Each source also knows where it was published (raw GitHub at the
+else `$ALIGNMENT_DATA_DIR`); `load("/path/mine.jsonl")` reads a user's file (`user_files.py`:
+a name containing '/' or ending in .json/.jsonl/.csv/.parquet), so every job that takes a
+source name takes a file too. Each source also knows where it was published (raw GitHub at the
 pinned commit) and its sha256, so a user without the shared directory can `download=True` once
 into a cache (`download.py`). Readers keep every row: anything they fix up or flag is counted in
 `ReadResult.counts`, and anything they cannot read raises `DataError` naming file, line, field.
@@ -16,10 +18,10 @@ from collections.abc import Callable
 from typing import Any
 
 from alignment.data import download as download_lib
-from alignment.data import integrity
-from alignment.data import readers
+from alignment.data import integrity, readers, transcripts, user_files
 from alignment.data.readers import DataError, require
 from alignment.data.records import EvalPrompt, InstructionExample, PreferencePair
+from alignment.data.transcripts import split_transcripts
 
 DATA_DIR_ENV = "ALIGNMENT_DATA_DIR"
 
@@ -34,7 +36,7 @@ _HH = ("https://media.githubusercontent.com/media/anthropics/hh-rlhf/"
 _XSTEST = ("https://raw.githubusercontent.com/paul-rottger/xstest/"
            "d7bb5bd738c1fcbc36edd83d5e7d1b71a3e2d84d/")
 
-_ASSISTANT = "\n\nAssistant:"
+_ASSISTANT = transcripts.ASSISTANT
 
 Record = InstructionExample | PreferencePair | EvalPrompt
 
@@ -47,6 +49,7 @@ class ReadResult:
   path: pathlib.Path
   records: list[Record]
   counts: dict[str, int]
+  format: str = ""  # a user's file: the format detected from its columns (user_files.FORMATS)
 
 
 Reader = Callable[[pathlib.Path, str], ReadResult]
@@ -110,26 +113,6 @@ def _seed_tasks(path: pathlib.Path, name: str) -> ReadResult:
                                     output=inst["output"], source=name, tags=tags))
     tasks += 1
   return ReadResult(name, path, out, {"tasks": tasks, "examples": len(out)})
-
-
-def split_transcripts(chosen: str, rejected: str) -> tuple[str, str, str, bool]:
-  """(prompt, chosen reply, rejected reply, clean) for two HH transcripts.
-
-  The prompt is the shared text up to and including the last "\\n\\nAssistant:" both share, so
-  `prompt + reply` reproduces each transcript exactly. `clean` is False when that is not the last
-  Assistant marker of both (a few HH pairs differ earlier, or have a turn marker lost in the
-  text); their replies then span more than one turn. Raises ValueError if nothing is shared.
-  """
-  n = 0
-  limit = min(len(chosen), len(rejected))
-  while n < limit and chosen[n] == rejected[n]:
-    n += 1
-  cut = chosen.rfind(_ASSISTANT, 0, n)  # the last marker lying wholly in the common prefix
-  if cut < 0:
-    raise ValueError("chosen and rejected share no '\\n\\nAssistant:' prefix")
-  end = cut + len(_ASSISTANT)
-  clean = chosen.rfind(_ASSISTANT) == cut and rejected.rfind(_ASSISTANT) == cut
-  return chosen[:end], chosen[end:], rejected[end:], clean
 
 
 def _hh_pairs(path: pathlib.Path, name: str) -> ReadResult:
@@ -321,7 +304,12 @@ DERIVED_SOURCES: dict[str, Callable[..., list[Any]]] = {HARMFUL_COMPLIANCE: harm
 
 
 def check_name(name: str) -> None:
-  """A ValueError unless `name` is a stored or derived source."""
+  """A ValueError unless `name` is a stored or derived source, or an existing file."""
+  if user_files.is_path(name):
+    if not pathlib.Path(name).expanduser().is_file():
+      raise DataError(name, "data file not found (a source name containing '/' or ending in "
+                      f"{', '.join(user_files.EXTENSIONS)} is read as a file)")
+    return
   if name not in SOURCES and name not in DERIVED_SOURCES:
     raise ValueError(f"unknown data source {name!r}; known: "
                      f"{', '.join((*SOURCES, *DERIVED_SOURCES))}")
@@ -370,14 +358,46 @@ def locate(name: str, data_dir: str | os.PathLike | None = None, *, download: bo
   return download_lib.fetch(source, cache_dir, base_url=base_url)
 
 
-def read(name: str, data_dir: str | os.PathLike | None = None, **locate_kwargs) -> ReadResult:
-  """Records of source `name` and the reader's counts."""
+def read(name: str, data_dir: str | os.PathLike | None = None, *, columns: str = "",
+         **locate_kwargs) -> ReadResult:
+  """Records of source `name` (or of the file it names) and the reader's counts.
+
+  `columns` ("file_column:our_column,...") renames a user's columns before the format is
+  detected; the built-in sources have fixed columns and ignore it.
+  """
+  if user_files.is_path(name):
+    check_name(name)
+    got = user_files.read(name, columns)
+    return ReadResult(got.name, got.path, got.records, got.counts, got.format)
   source = get_source(name)
   return source.reader(locate(name, data_dir, **locate_kwargs), name)
 
 
-def load(name: str, data_dir: str | os.PathLike | None = None, **locate_kwargs) -> list[Any]:
-  """Records of source `name` (see `read` for the counts), stored or derived."""
+_KIND_WORDS = {InstructionExample: "instruction examples", PreferencePair: "preference pairs",
+               EvalPrompt: "evaluation prompts"}
+
+
+def load(name: str, data_dir: str | os.PathLike | None = None, *, columns: str = "",
+         expect: type | None = None, **locate_kwargs) -> list[Any]:
+  """Records of source `name` (see `read` for the counts), stored, derived or a user's file.
+
+  `expect`: the record type the caller needs; a ValueError names what the source holds
+  instead (e.g. preference pairs given as SFT data).
+  """
   if name in DERIVED_SOURCES:
-    return DERIVED_SOURCES[name](data_dir, **locate_kwargs)
-  return read(name, data_dir, **locate_kwargs).records
+    records = DERIVED_SOURCES[name](data_dir, **locate_kwargs)
+  else:
+    records = read(name, data_dir, columns=columns, **locate_kwargs).records
+  if expect is not None and records and not isinstance(records[0], expect):
+    got = type(records[0])
+    formats = ", ".join(f"{f} ({'/'.join(user_files.FORMATS[f][0])})"
+                        for f in user_files.formats_of(expect))
+    raise ValueError(f"source {name!r} holds {_KIND_WORDS.get(got, got.__name__)}; "
+                     f"{_KIND_WORDS.get(expect, expect.__name__)} are needed here (file "
+                     f"formats: {formats}; see alignment/data/user_files.py)")
+  return records
+
+
+def source_name(name: str) -> str:
+  """What records of `name` carry as their source: a file's stem, else the name itself."""
+  return user_files.source_name(name)

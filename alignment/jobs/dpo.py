@@ -78,6 +78,7 @@ def validation_metrics(eval_fn, params, pairs: list, batch_size: int, buckets, p
 @run_lock.released_on_return
 def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   dpo_cfg = dpo_config(config)
+  reward_data.data_template(config.data)  # a misspelt template fails before the model loads
   if config.eval.batch_size < 1:
     raise ValueError(f"eval.batch_size={config.eval.batch_size} must be >= 1")
   job = common.prepare(config, "dpo", require_tokenizer=False)  # synthetic pairs need none

@@ -37,7 +37,7 @@ import numpy as np
 
 from alignment import lora as lora_lib
 from alignment.checkpoints.loading import load_model
-from alignment.data import sources
+from alignment.data import sources, user_files
 from alignment.data.records import EvalPrompt
 from alignment.evaluation import attacks as attacks_lib
 from alignment.evaluation import generation, report, scorers
@@ -54,16 +54,25 @@ UNSAFE = "unsafe"  # config.attack_sets: every evaluated set's prompts labelled 
 
 
 def parse_sets(sets: str) -> list[str]:
-  """Set names from a comma-separated string; an unknown or repeated name is an error."""
+  """Set names and files from a comma-separated string; an unknown or repeated one is an error.
+
+  A file (a name containing '/' or ending in .csv, .jsonl, ...: `alignment.data.user_files`)
+  is a set of the user's, reported under its stem: `/x/probes.csv` is the set "probes".
+  """
   names = [s.strip() for s in sets.split(",") if s.strip()]
   if not names:
     raise ValueError("config.sets: no evaluation set named")
   for name in names:
-    if name not in sources.EVAL_SOURCES:
+    if user_files.is_path(name):
+      sources.check_name(name)  # the file exists; its format is checked when read
+    elif name not in sources.EVAL_SOURCES:
       raise ValueError(f"config.sets: unknown evaluation set {name!r}; known: "
-                       f"{', '.join(sources.EVAL_SOURCES)}")
-  if len(set(names)) != len(names):
-    raise ValueError(f"config.sets: a set is named twice in {sets!r}")
+                       f"{', '.join(sources.EVAL_SOURCES)} (or a file of prompts: .csv, "
+                       ".jsonl, .json, .parquet)")
+  set_names = [sources.source_name(n) for n in names]
+  if len(set(set_names)) != len(set_names):
+    raise ValueError(f"config.sets: a set is named twice in {sets!r} (a file is named by its "
+                     "stem)")
   return names
 
 
@@ -104,9 +113,9 @@ def attacked_prompts(prompts: Sequence[EvalPrompt], attack_sets: Sequence[str]
 
 
 def load_prompts(names: Sequence[str], data_dir: str | None, max_per_set: int = 0,
-                 limits: Mapping[str, int] | None = None, sample_seed: int = -1
-                 ) -> list[EvalPrompt]:
-  """The prompts of each named set, in set order.
+                 limits: Mapping[str, int] | None = None, sample_seed: int = -1,
+                 columns: str = "") -> list[EvalPrompt]:
+  """The prompts of each named set (or file: `columns` renames its columns), in set order.
 
   A set keeps at most `limits[name]` prompts (-1 or absent: `max_per_set`; 0: all): the first
   ones, or with `sample_seed` >= 0 a random subset drawn with that seed (and the set's name,
@@ -114,8 +123,9 @@ def load_prompts(names: Sequence[str], data_dir: str | None, max_per_set: int = 
   every run of a sweep answers the same prompts.
   """
   out = []
-  for name in names:
-    prompts = sources.load(name, data_dir)
+  for spec in names:
+    prompts = sources.load(spec, data_dir, columns=columns, expect=EvalPrompt)
+    name = sources.source_name(spec)
     limit = (limits or {}).get(name, -1)
     limit = max_per_set if limit < 0 else limit
     if 0 < limit < len(prompts):
@@ -270,6 +280,7 @@ def answer_attacks(cfg, params, tokenizer, template: PromptTemplate | None,
 def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   # Everything cheap is checked before the slow model load.
   names = parse_sets(config.sets)
+  set_names = [sources.source_name(n) for n in names]  # a user's file: its stem
   for name, limit in config.limits.items():
     if limit < -1:
       raise ValueError(f"config.limits.{name}={limit}: use -1 (max_prompts_per_set), 0 (all) "
@@ -281,7 +292,7 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
     raise ValueError(f"config.scoring.harmfulness_kind: unknown kind "
                      f"{config.scoring.harmfulness_kind!r}; expected 'probability' or "
                      "'negative_reward'")
-  vectors, attack_sets = parse_attack_config(config, names)
+  vectors, attack_sets = parse_attack_config(config, set_names)
   check_quantize(config.quantize)
   for field in ("harmfulness_rm", "helpfulness_rm"):
     rm_dir = config.scoring[field]
@@ -291,7 +302,7 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
                               "reward_model)")
   data_dir = config.get("data_dir") or None
   prompts = load_prompts(names, data_dir, config.max_prompts_per_set, dict(config.limits),
-                         config.sample_seed)
+                         config.sample_seed, config.get("columns", ""))
   targets = attacked_prompts(prompts, attack_sets) if vectors else []
   source = resolve_model(config)
   template = common.template_or_none(template_name(config, source))
@@ -342,7 +353,7 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   paths = report.write_run_report(workdir, summary, title=title, attacks=attack_summary)
   result = {
       "answers": str(answers_path), "report": {k: str(v) for k, v in paths.items()},
-      "sets": {name: summary.sets[name].n for name in names if name in summary.sets},
+      "sets": {name: summary.sets[name].n for name in set_names if name in summary.sets},
       "scorers": list(named), "run_dir": config.run_dir, "adapters": source.adapters,
       "template": template_name(config, source), "max_new_tokens": config.max_new_tokens,
       "generation": {**dataclasses.asdict(stats), "tokens_per_second": stats.tokens_per_second},

@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 
 from alignment import sharding
-from alignment.data import batching, pipeline
+from alignment.data import batching, pipeline, user_files
 from alignment.jobs import common
 from alignment.reward import data as reward_data
 from alignment.reward import evaluate, losses
@@ -34,8 +34,11 @@ SOURCES = ("hh_harmless", "hh_helpful", "synthetic")
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Fails fast, naming the field, before any model or data is loaded."""
   d, t = config.data, config.train
-  if d.source not in SOURCES:
-    raise ValueError(f"data.source={d.source!r}; expected one of {SOURCES}")
+  names = [n.strip() for n in d.source.split(",") if n.strip()]
+  if not names or any(n not in SOURCES and not user_files.is_path(n) for n in names):
+    raise ValueError(f"data.source={d.source!r}; expected one of {SOURCES} or a file of "
+                     "prompt/chosen/rejected pairs (.jsonl, .json, .csv, .parquet)")
+  reward_data.data_template(d)  # a misspelt template fails before the model loads
   if not 0.0 < d.validation_fraction < 1.0:
     raise ValueError(f"data.validation_fraction={d.validation_fraction} must be in (0, 1)")
   for name in ("max_pairs", "max_validation_pairs", "synthetic_pairs"):
@@ -129,7 +132,9 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
     outputs["reward_model"] = str(save_reward_model(
         workdir / "reward_model", cfg, params, lcfg, tokenizer, config.model.to_dict(),
         {"source": data_report["source"], "max_length": config.data.max_length,
-         "prompt_format": "hh", "lora_last_layers": config.lora.last_layers,
+         # "hh": prompts as stored (HH turns); else the template that wrapped them.
+         "prompt_format": config.data.get("template") or "hh",
+         "lora_last_layers": config.lora.last_layers,
          "validation_accuracy": report["accuracy"], "validation_pairs": report["pairs"]}))
   log.info("validation accuracy %.4f +- %.4f over %d pairs", report["accuracy"],
            report["accuracy_stderr"], report["pairs"])

@@ -19,7 +19,7 @@ import jax
 import ml_collections
 
 from alignment import lora as lora_lib
-from alignment.data import mixtures, pipeline
+from alignment.data import mixtures, pipeline, sources
 from alignment.jobs import common
 from alignment.sampling import Sampler
 from alignment.training import atomic, distributed, losses, run_lock
@@ -42,12 +42,13 @@ def build_data(config: ml_collections.ConfigDict) -> tuple[list, list, dict]:
   held_out = d.eval_examples
   mix_cfg = mixtures.MixtureConfig(
       base_source=d.base_source, num_base=d.num_base + held_out,
-      safety_source=d.safety_source, num_safety=d.num_safety,
+      safety_source=d.safety_source, columns=d.get("columns", ""), num_safety=d.num_safety,
       safety_fraction=d.safety_fraction if d.safety_fraction >= 0 else None,
       safety_format=d.safety_format, template=d.template, system_prompt=d.system_prompt,
       seed=config.seed, dedup=d.dedup, remove_eval_overlap=d.remove_eval_overlap)
   examples, report = mixtures.build_mixture(mix_cfg, common.data_dir(config))
-  base_positions = [i for i, e in enumerate(examples) if e.source == d.base_source]
+  base_name = sources.source_name(d.base_source)  # a user's file: its stem
+  base_positions = [i for i, e in enumerate(examples) if e.source == base_name]
   base_positions.sort(key=lambda i: _text_digest(examples[i]))
   eval_index = set(base_positions[:held_out])
   train = [e for i, e in enumerate(examples) if i not in eval_index]

@@ -120,7 +120,7 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
     raise ValueError("config.template: 'none' leaves nothing to evaluate; name a template")
   sampling = common.sampling_config(config)
   prompts = evaluate.load_prompts(names, config.get("data_dir") or None,
-                                  config.max_prompts_per_set)
+                                  config.max_prompts_per_set, columns=config.get("columns", ""))
   check_held_out(templates["template"], names, prompts, config.template)
 
   workdir = pathlib.Path(config.workdir)

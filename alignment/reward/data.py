@@ -18,9 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from alignment.data import sources
+from alignment.data import sources, user_files
 from alignment.data import tokenize as tok
 from alignment.data.records import PreferencePair
+from alignment.prompts.templates import PromptTemplate, get_template
 from alignment.tokenizer import Tokenizer
 
 _ASSISTANT = "\n\nAssistant:"
@@ -151,12 +152,47 @@ def synthetic_pairs(num_pairs: int, vocab_size: int, max_length: int, seed: int,
   return out
 
 
+def check_source_names(names: Sequence[str]) -> None:
+  """A ValueError unless each name is a preference source or a file (its format is checked
+  when read)."""
+  unknown = [n for n in names if n not in sources.PREFERENCE_SOURCES
+             and not user_files.is_path(n)]
+  if unknown:
+    raise ValueError(f"data.source: {unknown} are not preference sources; known: "
+                     f"{', '.join(sources.PREFERENCE_SOURCES)} (or 'synthetic', or a "
+                     "prompt/chosen/rejected file: .jsonl, .json, .csv, .parquet)")
+
+
+def data_template(d: Any) -> PromptTemplate | None:
+  """The template `data.template` names (None for '', prompts as stored); a ValueError naming
+  the key for an unknown one."""
+  name = d.get("template", "")
+  if not name:
+    return None
+  try:
+    return get_template(name)
+  except KeyError as e:
+    raise ValueError(f"data.template: {e.args[0]} (or '' for prompts as stored)") from None
+
+
+def apply_template(pair: PreferencePair, template: PromptTemplate | None) -> PreferencePair:
+  """The pair as the model sees it: the prompt in `template` (its response suffix after each
+  reply, as SFT trains), or as stored when there is none (HH transcripts are already turns)."""
+  if template is None:
+    return pair
+  return dataclasses.replace(pair, prompt=template.format(pair.prompt),
+                             chosen=pair.chosen + template.response_suffix,
+                             rejected=pair.rejected + template.response_suffix)
+
+
 def build_pairs(config: Any, tokenizer: Tokenizer | None, vocab_size: int
                 ) -> tuple[list, list, dict[str, Any]]:
   """(train pairs, validation pairs) tokenized, and a report of the split and truncation.
 
-  Shared by the reward-model and DPO jobs. `config.data.source` names preference sources
-  (comma-separated) or 'synthetic'; the split keeps conversations together (`split_pairs`).
+  Shared by the reward-model and DPO jobs. `config.data.source` names preference sources or
+  files (comma-separated) or 'synthetic'; the split keeps conversations together
+  (`split_pairs`). `config.data.template` ('' = none) wraps each prompt after the split;
+  `config.data.columns` renames a file's columns.
   """
   d = config.data
   names = [n.strip() for n in d.source.split(",") if n.strip()]
@@ -170,21 +206,22 @@ def build_pairs(config: Any, tokenizer: Tokenizer | None, vocab_size: int
     train = [pairs[i] for i in order[n_val:]]
     report: dict[str, Any] = {"source": "synthetic", "pairs": len(pairs)}
   else:
-    unknown = [n for n in names if n not in sources.PREFERENCE_SOURCES]
-    if unknown:
-      raise ValueError(f"data.source: {unknown} are not preference sources; known: "
-                       f"{', '.join(sources.PREFERENCE_SOURCES)} (or 'synthetic')")
+    check_source_names(names)
+    template = data_template(d)
     if tokenizer is None:
       raise ValueError(f"data.source={d.source!r} needs a tokenizer: the checkpoint has none; "
                        "set model.tokenizer")
-    records = [r for n in names for r in sources.load(n, config.get("data_dir") or None)]
+    records = [r for n in names for r in sources.load(
+        n, config.get("data_dir") or None, columns=d.get("columns", ""), expect=PreferencePair)]
     split = split_pairs(records, d.validation_fraction, config.seed)
-    train_records = split.train[:d.max_pairs or None]
-    val_records = split.validation[:d.max_validation_pairs or None]
+    train_records = [apply_template(p, template) for p in split.train[:d.max_pairs or None]]
+    val_records = [apply_template(p, template)
+                   for p in split.validation[:d.max_validation_pairs or None]]
     train, train_stats = tokenize_pairs_keep_end(train_records, tokenizer,
                                                              d.max_length)
     val, val_stats = tokenize_pairs_keep_end(val_records, tokenizer, d.max_length)
-    report = {"source": d.source, "pairs": len(records), "groups": split.groups,
+    report = {"source": d.source, "template": d.get("template", ""), "pairs": len(records),
+              "groups": split.groups,
               "split_train": len(split.train), "split_validation": len(split.validation),
               "tokenize_train": dataclasses.asdict(train_stats),
               "tokenize_validation": dataclasses.asdict(val_stats)}

@@ -30,6 +30,7 @@ from alignment.data import tokenize as tok
 from alignment.data.records import PreferencePair
 from alignment.evaluation import scorers
 from alignment.evaluation.records import AnswerRecord
+from alignment.prompts.templates import get_template
 from alignment.reward import data as reward_data
 from alignment.reward import model as reward_model
 from alignment.reward.saved import RewardModel, load_reward_model
@@ -48,8 +49,11 @@ class RewardScorer:
   def __init__(self, rm: RewardModel, batch_size: int = 8):
     if rm.tokenizer is None:
       raise ValueError("the reward model has no tokenizer; save it with one to score text")
-    if rm.meta.get("prompt_format", "hh") != "hh":
-      raise ValueError(f"unsupported prompt_format {rm.meta.get('prompt_format')!r}")
+    fmt = rm.meta.get("prompt_format", "hh")
+    try:  # an RM trained with data.template scores prompts wrapped the same way
+      self.template = None if fmt == "hh" else get_template(fmt)
+    except KeyError:
+      raise ValueError(f"unsupported prompt_format {fmt!r}") from None
     self.rm = rm
     self.batch_size = batch_size
     self.buckets = batching.default_buckets(rm.max_length)
@@ -58,7 +62,12 @@ class RewardScorer:
         cfg, p, b["tokens"], b["positions"], b["input_mask"], b["last_index"]))
 
   def _example(self, record: AnswerRecord) -> dict[str, np.ndarray]:
-    prompt, reply = hh_transcript(record.prompt, record.answer or "")
+    if self.template is None:
+      prompt, reply = hh_transcript(record.prompt, record.answer or "")
+    else:
+      prompt = self.template.format(record.prompt.strip())
+      reply = (record.answer or "").strip()
+      reply = reply + self.template.response_suffix if reply else reply
     if reply.strip():
       pair = PreferencePair(prompt=prompt, chosen=reply, rejected=reply, source=record.set)
       ids, _, _ = reward_data.tokenize_pair_keep_end(pair, self.rm.tokenizer,

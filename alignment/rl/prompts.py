@@ -2,8 +2,9 @@
 distillation), and a resumable iterator over them.
 
 Sources: instruction sets (Alpaca, the Self-Instruct seeds; instruction and input joined),
-evaluation sets (their prompts) and HH conversations (the human turn of one-turn transcripts,
-e.g. HH harmless's red-team requests). The iterator's position (epoch, index) is what a
+evaluation sets (their prompts), HH conversations (the human turn of one-turn transcripts,
+e.g. HH harmless's red-team requests) and a user's file of any of these kinds (a preference
+file's prompt is the request). The iterator's position (epoch, index) is what a
 checkpoint saves as the data state.
 """
 
@@ -45,14 +46,17 @@ def record_prompt(record, source: str = "") -> str | None:
   if isinstance(record, EvalPrompt):
     return record.prompt
   if isinstance(record, PreferencePair):
+    if not record.prompt.startswith(_HUMAN):  # a user's pair: the prompt is the request
+      return record.prompt.strip() or None
     return single_turn_request(record)
   raise ValueError(f"source {source!r}: cannot take a prompt from a {type(record).__name__}")
 
 
 def load_prompts(sources: str | Sequence[str], data_dir: str | None, seed: int,
-                 num_prompts: int = 0, per_source: int = 0) -> list[RLPrompt]:
-  """Distinct prompts from the named sources (a list or a comma-separated string), in a
-  random order drawn with `seed`.
+                 num_prompts: int = 0, per_source: int = 0, columns: str = ""
+                 ) -> list[RLPrompt]:
+  """Distinct prompts from the named sources or files (a list or a comma-separated string),
+  in a random order drawn with `seed`; `columns` renames a file's columns (user_files.py).
 
   per_source: at most this many from each source, a seeded random subset (0 = all).
   num_prompts: exactly this many in all (0 = all); an error when the sources hold fewer.
@@ -68,7 +72,7 @@ def load_prompts(sources: str | Sequence[str], data_dir: str | None, seed: int,
   seen: set[str] = set()
   for name in names:
     texts = []
-    for record in sources_lib.load(name, data_dir):
+    for record in sources_lib.load(name, data_dir, columns=columns):
       text = record_prompt(record, name)
       if text and text.strip() and text not in seen:
         seen.add(text)

@@ -29,6 +29,14 @@ IGNORED_ON_RESUME = (
     "eval.every", "mesh.", "distributed.",
 )
 
+# Keys added after runs were written, with the value that means what their absence meant: a
+# run saved before the key existed resumes when the new config leaves it at that value.
+ADDED_KEYS = {
+    "data.columns": "",  # user files' column mapping (#16)
+    "data.template": "",  # reward / DPO prompt template ('' = prompts as stored)
+    "columns": "",  # evaluate / template_eval
+}
+
 HISTORY_FILE = "resume_history.json"
 
 
@@ -60,6 +68,8 @@ def differences(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
   changed = {}
   for key in sorted(set(old_flat) | set(new_flat)):
     before, after = old_flat.get(key, _ABSENT), new_flat.get(key, _ABSENT)
+    if before == _ABSENT and key in ADDED_KEYS and after == ADDED_KEYS[key]:
+      continue
     if before != after and not _ignored(key):
       changed[key] = (before, after)
   return changed
