@@ -15,7 +15,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 # Lowest first. Names are alignment's subpackages (and main); outside the package, the driver
 # folders sit on top.
 LAYERS = (
-    ("model", "tokenizer"),
+    ("files", "model", "tokenizer"),
     ("sharding", "lora", "quantization", "checkpoints"),
     ("data", "prompts"),
     ("sampling",),

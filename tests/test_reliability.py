@@ -22,7 +22,8 @@ from alignment.checkpoints import loading
 from alignment.data import download, integrity, sources
 from alignment.evaluation import records
 from alignment.jobs import common, sft
-from alignment.training import atomic, checkpointing, loop, run_identity, run_lock
+from alignment.files import atomic
+from alignment.training import checkpointing, loop, run_identity, run_lock
 from configs import sft as sft_config
 from tiny_sentencepiece import train_tiny_tokenizer
 
@@ -230,7 +231,7 @@ def test_the_run_lock_is_reentrant_in_one_process_and_released_by_the_job(tmp_pa
 
 # Starts an atomic rewrite of argv[1], writes half of it, then dies by SIGKILL mid-write.
 KILLED_MID_WRITE = (
-    "import os, signal, sys\nfrom alignment.training import atomic\n"
+    "import os, signal, sys\nfrom alignment.files import atomic\n"
     "with atomic.writing(sys.argv[1]) as f:\n"
     "  f.write('{\"train\": {\"status\": \"compl'); f.flush(); os.fsync(f.fileno())\n"
     "  os.kill(os.getpid(), signal.SIGKILL)\n")

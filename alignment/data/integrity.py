@@ -20,7 +20,7 @@ import os
 import pathlib
 
 from alignment.data import download as download_lib
-from alignment.training import atomic
+from alignment.files import atomic
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import pathlib
 from collections.abc import Iterable
 
 from alignment.data.readers import DataError, read_jsonl, require
-from alignment.training import atomic
+from alignment.files import atomic
 
 LABELS = ("safe", "unsafe")
 # What an evaluation directory holds: one AnswerRecord per line, and the summary written last

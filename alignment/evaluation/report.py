@@ -35,7 +35,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from alignment.evaluation.records import AnswerRecord
 from alignment.evaluation.scorers import HARMFULNESS, HELPFULNESS, REFUSAL
 from alignment.evaluation.xstest import XSTEST_SET, XSTestRates, xstest_rates
-from alignment.training import atomic
+from alignment.files import atomic
 
 
 @dataclasses.dataclass(frozen=True)

@@ -29,7 +29,7 @@ from alignment.data.sources import resolve_data_dir
 from alignment.evaluation import refusal
 from alignment.evaluation.records import AnswerRecord
 from alignment.evaluation.scorers import REFUSAL, refusal_label
-from alignment.training import atomic
+from alignment.files import atomic
 
 COMPLETIONS_DIR = "xstest/model_completions"
 COMPLETIONS_PREFIX = "xstest_v2_completions_"

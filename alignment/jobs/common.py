@@ -21,7 +21,8 @@ from alignment.prompts import get_template
 from alignment.prompts.templates import PromptTemplate
 from alignment.rl.finetune import ExampleData, ExampleTrainer
 from alignment.sampling import SamplingParams
-from alignment.training import atomic, distributed, run_identity, run_lock
+from alignment.files import atomic
+from alignment.training import distributed, run_identity, run_lock
 from alignment.training.trainer import (Trainable, Trainer, TrainerConfig, make_checkpointer,
                                         make_trainable)
 

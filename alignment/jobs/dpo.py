@@ -28,7 +28,8 @@ from alignment.jobs import common
 from alignment.reward import data as reward_data
 from alignment.reward import model as reward_model
 from alignment.rl import dpo
-from alignment.training import atomic, distributed, run_lock
+from alignment.files import atomic
+from alignment.training import distributed, run_lock
 
 log = logging.getLogger(__name__)
 

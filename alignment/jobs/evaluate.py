@@ -45,7 +45,8 @@ from alignment.evaluation.records import ANSWERS_FILE, RESULT_FILE, AnswerRecord
 from alignment.jobs import common
 from alignment.prompts.templates import PromptTemplate
 from alignment.sampling import Sampler, SamplingParams
-from alignment.training import atomic, run_lock
+from alignment.files import atomic
+from alignment.training import run_lock
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,8 @@ from alignment.rl import ppo
 from alignment.rl import prompts as prompts_lib
 from alignment.rl.roles import Policy, Reference, Rollouts, ValueModel, make_reward
 from alignment.sampling import SamplingParams, bucket_size, generate
-from alignment.training import atomic, distributed, metrics as metrics_lib, run_lock
+from alignment.files import atomic
+from alignment.training import distributed, metrics as metrics_lib, run_lock
 from alignment.training import optimizer as optimizer_lib
 from alignment.training import step as step_lib
 from alignment.training import train_state as train_state_lib

@@ -23,7 +23,8 @@ from alignment.rl import generation
 from alignment.rl import prompts as prompts_lib
 from alignment.rl import rejection_sampling as rs
 from alignment.sampling import Sampler, SamplingParams
-from alignment.training import atomic, distributed, run_lock
+from alignment.files import atomic
+from alignment.training import distributed, run_lock
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,8 @@ from alignment.reward import data as reward_data
 from alignment.reward import evaluate, losses
 from alignment.reward import model as reward_model
 from alignment.reward.saved import save_reward_model
-from alignment.training import atomic, distributed, run_lock
+from alignment.files import atomic
+from alignment.training import distributed, run_lock
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from alignment.interpret.salience import SalienceResult, prompt_salience
 from alignment.jobs import common
 from alignment.prompts.library import resolve_template
 from alignment.sampling import Sampler, SamplingParams
-from alignment.training import atomic
+from alignment.files import atomic
 
 
 def run(config: ml_collections.ConfigDict) -> SalienceResult:

@@ -22,7 +22,8 @@ from alignment import lora as lora_lib
 from alignment.data import mixtures, pipeline, sources
 from alignment.jobs import common
 from alignment.sampling import Sampler
-from alignment.training import atomic, distributed, losses, run_lock
+from alignment.files import atomic
+from alignment.training import distributed, losses, run_lock
 
 log = logging.getLogger(__name__)
 

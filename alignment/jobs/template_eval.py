@@ -34,7 +34,8 @@ from alignment.evaluation.records import AnswerRecord, write_answers
 from alignment.jobs import common, evaluate
 from alignment.prompts.library import DynamicTemplate, Template, resolve_template, template_texts
 from alignment.sampling import Sampler, SamplingParams
-from alignment.training import atomic, run_lock
+from alignment.files import atomic
+from alignment.training import run_lock
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ from jax.sharding import PartitionSpec as P
 from alignment import model as model_lib
 from alignment.model.config import ModelConfig
 from alignment.model.low_rank import LowRank
-from alignment.training import atomic
+from alignment.files import atomic
 
 Params = Any
 

@@ -27,7 +27,7 @@ from alignment.checkpoints.loading import load_model
 from alignment.model.config import ModelConfig
 from alignment.reward import model as reward_model
 from alignment.tokenizer import Tokenizer
-from alignment.training import atomic
+from alignment.files import atomic
 
 META = "reward_model.json"
 FORMAT_VERSION = 1

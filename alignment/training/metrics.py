@@ -14,7 +14,7 @@ import jax
 from tqdm.auto import tqdm
 
 from alignment.model import ModelConfig
-from alignment.training import atomic
+from alignment.files import atomic
 
 # Dense bf16 peak FLOP/s per device (one chip; TPU v2/v3 chips hold two cores that JAX shows
 # as one device since v4 only, so v2/v3 are listed per core). Sources: Cloud TPU system

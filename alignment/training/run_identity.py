@@ -18,7 +18,7 @@ import json
 import pathlib
 from typing import Any
 
-from alignment.training import atomic
+from alignment.files import atomic
 
 RESUME_CHOICES = ("same_run", "continue_with_changes")
 

@@ -1,0 +1,1 @@
+"""Writing files safely: a reader never sees half a file (`atomic`)."""
