@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from alignment import lora as L
 from alignment import model as M
 from alignment.model.low_rank import LowRank
 
@@ -169,3 +170,25 @@ def test_low_rank_paths_on_some_layers_are_not_scanned():
                      lora=_paths(cfg, [4]))
   ref, _ = M.forward(cfg, params, tokens, positions, mask, lora=_paths(cfg, [4]))
   np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=1e-5, atol=1e-5)
+
+
+def test_scanned_scalar_head_with_real_adapters_matches_unrolled():
+  """The backbone of a scalar head scans too, with `alignment.lora` paths and dropout keys."""
+  cfg = CONFIGS["gemma3"]
+  lcfg = L.LoraConfig(rank=2, dropout=0.25)
+  head = M.init_scalar_head_params(cfg, jax.random.key(5), M.init_params(cfg, jax.random.key(0)))
+  head["w"] = jax.random.normal(jax.random.key(6), head["w"].shape)
+  adapters = L.init_adapters(cfg, lcfg, jax.random.key(2))
+  adapters = jax.tree.map(lambda x: x + 0.05, adapters)  # b != 0, so the paths matter
+  tokens, positions, mask = _inputs(cfg)
+
+  def score(c):
+    fn = lambda p, a: M.scalar_head_forward(
+        c, p, tokens, positions, mask, lora=L.adapter_paths(a, lcfg, jax.random.key(9)))
+    return jax.jit(jax.value_and_grad(lambda p, a: jnp.sum(fn(p, a) ** 2), argnums=(0, 1)))(
+        head, adapters)
+
+  (value, grads), (s_value, s_grads) = score(cfg), score(cfg.replace(scan_layers=True))
+  assert float(value) > 1e-3
+  np.testing.assert_allclose(float(s_value), float(value), rtol=1e-5)
+  _assert_trees_close(s_grads, grads, rtol=1e-4, atol=1e-6)
