@@ -10,6 +10,9 @@ import dataclasses
 from typing import Literal
 
 AttentionType = Literal["global", "local"]
+# What each decoder block keeps for the backward pass (see `ModelConfig.remat`).
+RematPolicy = Literal["none", "full", "dots_saveable"]
+REMAT_POLICIES = ("none", "full", "dots_saveable")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +44,15 @@ class ModelConfig:
   # Compute dtype of activations; parameters are kept in param_dtype (float32 master weights).
   dtype: str = "float32"
   param_dtype: str = "float32"
+  # Execution choices; they change compile time and memory, never the numbers or the tree.
+  # remat: "none" keeps every activation for the backward pass; "full" recomputes each
+  # block's forward in the backward (keeps only block inputs); "dots_saveable" keeps the
+  # projection matmul outputs and recomputes the rest, attention scores included (jax's
+  # dots_with_no_batch_dims_saveable: the [B, K, G, T, S] score matmuls have batch dims).
+  remat: RematPolicy = "none"
+  # Run the layers as a `lax.scan` over repetitions of `attention_pattern` (remainder layers
+  # unrolled): the compiled program holds one period of blocks instead of num_layers.
+  scan_layers: bool = False
 
   def __post_init__(self):
     if self.num_heads % self.num_kv_heads:
@@ -51,6 +63,9 @@ class ModelConfig:
     for kind in self.attention_pattern:
       if kind not in ("global", "local"):
         raise ValueError(f"unknown attention type {kind!r}; expected 'global' or 'local'")
+    if self.remat not in REMAT_POLICIES:
+      raise ValueError(f"unknown remat policy {self.remat!r}; expected one of "
+                       f"{', '.join(REMAT_POLICIES)}")
 
   @property
   def attention_types(self) -> tuple[AttentionType, ...]:

@@ -10,6 +10,10 @@ Parameter tree (mirrors the official Flax Gemma checkpoints, which eases loading
   layer_{i}/mlp/{gating_einsum,linear}
   layer_{i}/post_ffw_norm/scale                [D]     (Gemma 2/3)
   final_norm/scale                             [D]
+
+Two execution choices in the config leave that tree alone: `remat` wraps each block in
+`nn.remat`, and `scan_layers` runs the layers as a `lax.scan` over repetitions of the
+attention pattern, stacking the `layer_{i}` leaves inside the jitted call (`_scan_layers`).
 """
 
 from __future__ import annotations
@@ -31,6 +35,12 @@ Params = Any
 Cache = dict[str, Any]  # {"index": int32[], "layer_{i}": LayerCache}
 # Optional low-rank paths (unmerged LoRA): {"layer_{i}": {site: LowRank}}, see `low_rank`.
 LowRankPaths = dict[str, dict[str, LowRank]]
+
+# jax.checkpoint policies behind `ModelConfig.remat` ("none" applies no remat at all).
+_REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
 
 
 class Block(nn.Module):
@@ -63,6 +73,81 @@ class Block(nn.Module):
     return x + h, cache
 
 
+def block_class(config: ModelConfig, prevent_cse: bool = True) -> type[nn.Module]:
+  """`Block`, wrapped in `nn.remat` with the policy `config.remat` names.
+
+  Inside a scan pass prevent_cse=False: the loop already keeps XLA from merging the
+  recomputation with the forward pass, and the guard would only cost speed.
+  """
+  if config.remat == "none":
+    return Block
+  return nn.remat(Block, policy=_REMAT_POLICIES[config.remat], prevent_cse=prevent_cse)
+
+
+def _stack(trees: list[Any]) -> Any:
+  """Equal-structure trees -> one tree whose leaves are stacked on a new leading axis [R, ...]."""
+  return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
+
+
+def _scan_layers(cfg: ModelConfig, params: Params, x: Array, positions: Array, mask: Array,
+                 cache: Cache | None, lora: LowRankPaths) -> tuple[Array, dict[str, Any]]:
+  """The decoder layers as a `lax.scan` over R = num_layers // P repetitions of the pattern.
+
+  The scan body is one period of P blocks, so tracing and compiling cost P blocks, not
+  num_layers. Parameters, cache and low-rank paths arrive in their per-layer `layer_{i}`
+  trees; the leaves of layers j, j + P, j + 2P, ... are stacked to [R, ...] here, inside the
+  caller's jit (the backward of a stack is a slice), so loaders, checkpoints and adapters never
+  see a scanned layout. Layers after the last full period run unrolled.
+
+  Returns x [B, T, D] and the new per-layer caches {"layer_{i}": LayerCache} ({} without a
+  cache). With a cache, each call stacks and unstacks the whole KV cache (a copy of it):
+  right for a prefill, wasteful for one-token decoding, where scan_layers=False is cheaper.
+  """
+  period = len(cfg.attention_pattern)
+  reps = cfg.num_layers // period
+  name = lambda i: f"layer_{i}"
+  index = None if cache is None else cache["index"]
+  layer_cache = lambda i: None if cache is None else cache[name(i)]
+  for j in range(period):
+    found = {jax.tree.structure(lora.get(name(r * period + j))) for r in range(reps)}
+    if len(found) > 1:
+      raise NotImplementedError(
+          "scan_layers=True needs the same low-rank sites on every layer of a pattern "
+          f"position; layers {j}, {j + period}, ... differ (adapters on only some layers, "
+          "e.g. lora.last_layers): use scan_layers=False for them")
+
+  def run_block(kind: AttentionType, prevent_cse: bool, p, h, c, path):
+    block = block_class(cfg, prevent_cse)(cfg, kind, parent=None)
+    return block.apply({"params": p}, h, positions, mask, c, index, path)
+
+  def body(h, xs):
+    p, c, paths = xs
+    out = []
+    for j, kind in enumerate(cfg.attention_pattern):
+      h, cj = run_block(kind, False, p[j], h, c[j], paths[j])
+      out.append(cj)
+    return h, tuple(out)
+
+  new_cache: dict[str, Any] = {}
+  if reps:
+    per_position = lambda get: tuple(_stack([get(r * period + j) for r in range(reps)])
+                                     for j in range(period))
+    xs = (per_position(lambda i: params[name(i)]),
+          per_position(layer_cache),
+          per_position(lambda i: lora.get(name(i))))
+    x, caches = jax.lax.scan(body, x, xs)
+    if cache is not None:
+      for r in range(reps):
+        for j in range(period):
+          new_cache[name(r * period + j)] = jax.tree.map(lambda a: a[r], caches[j])
+  for i in range(reps * period, cfg.num_layers):
+    x, c = run_block(cfg.attention_types[i], True, params[name(i)], x, layer_cache(i),
+                     lora.get(name(i)))
+    if cache is not None:
+      new_cache[name(i)] = c
+  return x, new_cache
+
+
 class Transformer(nn.Module):
   """Gemma decoder. Returns logits (or final hidden states) and the updated KV cache."""
 
@@ -92,14 +177,22 @@ class Transformer(nn.Module):
                                name="embedder")
     x = embedder.encode(tokens)
     new_cache = None if cache is None else {"index": cache["index"] + tokens.shape[1]}
-    for i, kind in enumerate(cfg.attention_types):
-      name = f"layer_{i}"
-      layer_cache = None if cache is None else cache[name]
-      index = None if cache is None else cache["index"]
-      x, layer_cache = Block(cfg, kind, name=name)(x, positions, attention_mask, layer_cache,
-                                                   index, lora.get(name))
+    if cfg.scan_layers and not self.is_initializing():
+      # Initialisation runs the unrolled loop below, so both modes create the same tree.
+      x, layer_caches = _scan_layers(cfg, nn.unbox(self.variables["params"]), x, positions,
+                                     attention_mask, cache, lora)
       if cache is not None:
-        new_cache[name] = layer_cache
+        new_cache.update(layer_caches)
+    else:
+      block = block_class(cfg)
+      for i, kind in enumerate(cfg.attention_types):
+        name = f"layer_{i}"
+        layer_cache = None if cache is None else cache[name]
+        index = None if cache is None else cache["index"]
+        x, layer_cache = block(cfg, kind, name=name)(x, positions, attention_mask, layer_cache,
+                                                     index, lora.get(name))
+        if cache is not None:
+          new_cache[name] = layer_cache
     x = layers.RMSNorm("embed", cfg.norm_eps, cfg.param_dtype, name="final_norm")(x)
     if return_hidden:
       return x, new_cache
