@@ -220,7 +220,8 @@ def write(workdir: str | pathlib.Path, out_dir: str | pathlib.Path | None = None
   out_dir.mkdir(parents=True, exist_ok=True)
   times = timings(workdir)
   rows, start = [], None
-  for name in STAGES:
+  extra = sorted(p.name for p in (workdir / "eval").glob("*") if p.name not in STAGES)
+  for name in (*STAGES, *extra):  # the recipe's stages, then follow-ups in their own dirs
     answers = workdir / "eval" / name / "answers.jsonl"
     if not (answers.parent / "result.json").is_file():
       continue
