@@ -107,6 +107,16 @@ LAPTOP = Preset(
             "--config.data.source=hh_harmless", "--config.data.max_length=96",
             "--config.train.steps=48", "--config.train.learning_rate=5e-4",
             "--config.checkpoint.every=24")),
+        # Follow-up (run with --stages=rs_k16_unsafe): does sampling more find refusals?
+        "rs_k16_unsafe": ("configs/rejection_sampling.py:demo_270m", *_rl(
+            "--config.rs.reward=combined", "--config.rs.safety_rm={W}/rm_safety/reward_model",
+            "--config.rs.helpfulness_rm={W}/rm_helpful/reward_model",
+            "--config.rs.unsafe_sources=safety_instructions", "--config.rs.rounds=1",
+            "--config.rs.num_samples=16", "--config.sampling.temperature=0.8",
+            "--config.sampling.max_new_tokens=40", "--config.sampling.batch_size=32",
+            "--config.data.prompt_source=safety_instructions", "--config.data.num_prompts=32",
+            "--config.train.steps=24", "--config.train.batch_size=4",
+            "--config.train.learning_rate=5e-4", "--config.checkpoint.every=24")),
     },
     evaluate=("configs/evaluate.py:laptop", "--config.limits.xstest=200",
               "--config.template=alpaca"),
@@ -180,8 +190,9 @@ def define_flags() -> None:
   flags.DEFINE_string("workdir", "", "Parent of the stage directories (default: the preset's).")
   flags.DEFINE_string("start_run", "", "An existing SFT run directory to start from (its "
                       "adapters.npz); default: train the preset's start into <workdir>/start.")
-  flags.DEFINE_list("stages", None, f"Subset of {', '.join(POLICY_STAGES)} (reward models and "
-                    "the start always run).")
+  flags.DEFINE_list("stages", None, f"Stages to run (default: {', '.join(POLICY_STAGES)}; "
+                    "the laptop preset also has the follow-up rs_k16_unsafe); the reward "
+                    "models and the start always run.")
   flags.DEFINE_string("data_dir", "", "Data directory for every job (default: "
                       "$ALIGNMENT_DATA_DIR).")
   flags.DEFINE_string("tokenizer", "", "SentencePiece model for every job (the tiny preset).")
@@ -247,9 +258,10 @@ def main(argv: Sequence[str]) -> None:
     sys.exit(f"--start_run: {start_run / 'adapters.npz'} not found (a finished LoRA SFT run "
              "directory is needed)")
   stages = f.stages or list(POLICY_STAGES)
-  unknown = sorted(set(stages) - set(POLICY_STAGES))
+  known = [s for s in preset.stages if s not in REWARD_MODELS]
+  unknown = sorted(set(stages) - set(known))
   if unknown:
-    sys.exit(f"--stages: unknown {unknown}; known: {', '.join(POLICY_STAGES)}")
+    sys.exit(f"--stages: unknown {unknown}; known for --preset={f.preset}: {', '.join(known)}")
   extra = []
   if f.data_dir:
     extra.append(f"--config.data_dir={f.data_dir}")

@@ -126,8 +126,10 @@ def test_every_stage_starts_from_the_same_sft_model_and_is_evaluated_alike(tmp_p
   names = [what for what, _, _ in steps]
   assert names[:3] == ["rm_safety", "rm_helpful", "rm judge check"]
   assert names[3] == "eval start" and set(recipe.POLICY_STAGES) <= set(names)
-  for what, cmd, _ in steps:
-    if what in recipe.POLICY_STAGES:
+  follow_up = recipe.plan(recipe.LAPTOP, tmp_path, tmp_path / "sft", ["rs_k16_unsafe"])
+  steps_all = steps + follow_up
+  for what, cmd, _ in steps_all:
+    if what in recipe.LAPTOP.stages and what not in recipe.REWARD_MODELS:
       assert f"--config.model.adapters={tmp_path / 'sft'}/adapters.npz" in cmd
   evals = [[a for a in cmd if not a.startswith(("--config.workdir", "--config.run_dir"))]
            for what, cmd, _ in steps if what.startswith("eval ")]
