@@ -155,3 +155,17 @@ def test_tiny_preset_runs_end_to_end_and_resumes(tmp_path, data_dir):
   assert (workdir / "tradeoff.png").stat().st_size > 1000
   again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
   assert again.returncode == 0 and "0 still to do" in again.stdout
+
+
+def test_adapters_on_the_top_layers_only_load_and_bad_shapes_still_fail(tmp_path):
+  cfg = M.get_config("tiny_gemma3")
+  lcfg = lora_lib.LoraConfig(rank=2, alpha=4.0)
+  full = lora_lib.init_adapters(cfg, lcfg, jax.random.key(0))
+  top = {k: v for k, v in full.items() if k == f"layer_{cfg.num_layers - 1}"}  # DPO/RM style
+  lora_lib.save_adapters(tmp_path / "top.npz", top, lcfg)
+  loaded, _ = lora_lib.load_adapters(tmp_path / "top.npz", cfg)
+  assert set(loaded) == set(top)
+  bad = jax.tree.map(lambda x: jnp.zeros(x.shape[:-1] + (x.shape[-1] + 1,)), top)
+  lora_lib.save_adapters(tmp_path / "bad.npz", bad, lcfg)
+  with pytest.raises(ValueError, match="expected shape"):
+    lora_lib.load_adapters(tmp_path / "bad.npz", cfg)
