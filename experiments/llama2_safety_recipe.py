@@ -29,10 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
-import shlex
-import subprocess
 import sys
-import time
 from collections.abc import Sequence
 
 from absl import app
@@ -276,19 +273,7 @@ def main(argv: Sequence[str]) -> None:
   print(f"{len(steps)} steps, {len(todo) - 1} still to do, then the report", flush=True)
   if not f.dry_run:
     workdir.mkdir(parents=True, exist_ok=True)
-  env = grid.subprocess_env(workdir)
-  for i, (what, cmd) in enumerate(todo, 1):
-    if f.dry_run:
-      print(shlex.join(cmd))
-      continue
-    print(f"[{i}/{len(todo)}] {what}: {shlex.join(cmd)}", flush=True)
-    begin = time.perf_counter()
-    code = subprocess.run(cmd, check=False, env=env).returncode
-    if code:
-      sys.exit(f"step '{what}' failed with exit status {code}; fix it and rerun the same "
-               "command: finished steps are skipped")
-    grid.record_timing(workdir, what, time.perf_counter() - begin)
-
+  grid.run_steps(todo, workdir, f.dry_run)
 
 if __name__ == "__main__":
   define_flags()

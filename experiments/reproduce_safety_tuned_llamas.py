@@ -171,6 +171,24 @@ def record_timing(workdir: pathlib.Path, what: str, seconds: float) -> None:
                         "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")
 
 
+def run_steps(todo: Sequence[tuple[str, list[str]]], workdir: pathlib.Path,
+              dry_run: bool = False) -> None:
+  """Runs (or with `dry_run` prints) each (what, command) in order with the shared compilation
+  cache, recording its wall time; the first failure exits naming the step."""
+  env = subprocess_env(workdir)
+  for i, (what, cmd) in enumerate(todo, 1):
+    if dry_run:
+      print(shlex.join(cmd))
+      continue
+    print(f"[{i}/{len(todo)}] {what}: {shlex.join(cmd)}", flush=True)
+    start = time.perf_counter()
+    code = subprocess.run(cmd, check=False, env=env).returncode
+    if code:
+      sys.exit(f"step '{what}' failed with exit status {code}; fix it and rerun the same "
+               "command: finished steps are skipped")
+    record_timing(workdir, what, time.perf_counter() - start)
+
+
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -191,19 +209,7 @@ def main(argv: Sequence[str]) -> None:
   print(f"{len(points)} grid points; {len(todo) - 1} steps to do, then the report", flush=True)
   if not f.dry_run:
     workdir.mkdir(parents=True, exist_ok=True)
-  env = subprocess_env(workdir)
-  for i, (what, cmd) in enumerate(todo, 1):
-    if f.dry_run:
-      print(shlex.join(cmd))
-      continue
-    print(f"[{i}/{len(todo)}] {what}: {shlex.join(cmd)}", flush=True)
-    start = time.perf_counter()
-    code = subprocess.run(cmd, check=False, env=env).returncode
-    if code:
-      sys.exit(f"step '{what}' failed with exit status {code}; fix it and rerun the same "
-               "command: finished steps are skipped")
-    record_timing(workdir, what, time.perf_counter() - start)
-
+  run_steps(todo, workdir, f.dry_run)
 
 if __name__ == "__main__":
   define_flags()

@@ -20,6 +20,7 @@ from absl import app
 from absl import flags
 
 from alignment.evaluation.records import AnswerRecord
+from alignment.files import atomic
 from alignment.reward.saved import load_reward_model
 from alignment.reward.scorer import RewardScorer
 
@@ -60,13 +61,11 @@ def main(argv: Sequence[str]) -> None:
   rewards = scorer.rewards(records)
   out = pathlib.Path(f.out)
   out.parent.mkdir(parents=True, exist_ok=True)
-  tmp = out.with_suffix(".tmp")
-  with open(tmp, "w", encoding="utf-8") as fh:
+  with atomic.writing(out) as fh:
     for row, reward in zip(rows, rewards):
       fh.write(json.dumps({"key": row["key"], "set": row["set"], "label": row["label"],
                            "refused": row["label"] != "full_compliance",
                            "reward": float(reward)}) + "\n")
-  tmp.replace(out)
   print(f"scored {len(rows)} labelled answers to unsafe prompts -> {out}")
 
 

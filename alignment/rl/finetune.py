@@ -38,8 +38,6 @@ class ExampleTrainer:
   def __init__(self, trainable: Trainable, config: TrainerConfig, data: ExampleData, mesh,
                template: PromptTemplate, rng: jax.Array,
                run_config: dict[str, Any] | None = None):
-    if config.steps < 1:
-      raise ValueError(f"total SFT steps must be >= 1, got {config.steps}")
     self.data, self.template = data, template
     self.lora, self.tokenizer = trainable.lora, trainable.tokenizer
     self.trainer = Trainer(trainable, losses.sft_loss_fn(trainable.model_config, trainable.lora),
