@@ -18,7 +18,7 @@ Presets:
   default  every set in full (the paper's seven sets + XSTest v2), 256 new tokens, greedy.
   quick    3 prompts per set, 24 new tokens: a few-minute smoke run of the 270M on a CPU.
   laptop   30 prompts per paper set (seeded draw) + all of XSTest v2, 40 new tokens.
-  tiny     random tiny model (tests set model.tokenizer), 2 prompts per set, 4 new tokens.
+  tiny     random tiny model (built-in tiny tokenizer), 2 prompts per set, 4 new tokens.
 """
 
 from __future__ import annotations
@@ -87,6 +87,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   elif preset == "tiny":
     c.workdir = "runs/evaluate_tiny"
     c.model = sections.model(checkpoint="random", preset="tiny_gemma3")
+    c.model.tokenizer = "tiny"  # the built-in 600-piece SentencePiece model
     c.max_prompts_per_set = 2
     c.max_new_tokens = 4
     c.batch_size = 4

@@ -47,7 +47,7 @@ def get_config(preset: str | None = "default") -> ml_collections.ConfigDict:
       helpfulness_dir="runs/reward_helpfulness/reward_model",
       model_dir="",  # for kind='reward_model'
       safety_threshold=0.15, unsafe_sources="hh_harmless",  # Llama 2's combination rule
-      token="",  # for kind='token_fraction': a vocabulary piece or an id
+      token="",  # for kind='token_fraction': a vocabulary piece or an id (or several, spaced)
       batch_size=8))
   c.ppo = ml_collections.ConfigDict(dict(
       epochs=2, num_minibatches=2, clip_ratio=0.2, clip_value=0.2, vf_coef=0.1,
@@ -81,12 +81,14 @@ def get_config(preset: str | None = "default") -> ml_collections.ConfigDict:
   elif preset == "tiny":
     c.workdir = "runs/tiny_ppo"
     c.model = sections.model(checkpoint="random", preset="tiny_gemma3")
-    c.model.tokenizer = ""  # tests set a small SentencePiece model here
+    c.model.tokenizer = "tiny"  # the built-in 600-piece SentencePiece model
     c.lora.rank = 4
     c.prompts.update(sources="seed_tasks", per_source=64)
     c.rollout.update(prompts_per_iteration=8, samples_per_prompt=2, max_new_tokens=8,
                      max_prompt_length=96)
-    c.reward.update(kind="token_fraction", token="0")
+    # Eight single-letter pieces: a random model samples one about every 75 tokens, so the
+    # reward has hits from the first iteration.
+    c.reward.update(kind="token_fraction", token="e t a o i n s r")
     c.ppo.update(epochs=2, num_minibatches=2, whiten_rewards=False)
     c.kl.update(controller="adaptive", coef=0.02, target=1.0, horizon=200)
     c.train.update(iterations=4, learning_rate=5e-3, log_every=1, progress_bar=False)

@@ -60,10 +60,9 @@ def get_config(preset: str | None = "default") -> ml_collections.ConfigDict:
   elif preset == "tiny":
     c.workdir = "runs/rejection_sampling_tiny"
     c.model = sections.model(checkpoint="random", preset="tiny_gemma1")
-    c.model.tokenizer = ""  # tests set a small SentencePiece model here
+    c.model.tokenizer = "tiny"  # the built-in 600-piece SentencePiece model
     c.rs.update(rounds=2, num_samples=3, reward="length")
-    # A random model puts almost all mass on "\n": a huge temperature gives varied text.
-    c.sampling.update(temperature=100.0, max_new_tokens=8, batch_size=24)  # one call per round
+    c.sampling.update(temperature=1.0, max_new_tokens=8, batch_size=24)  # one call per round
     c.data.update(prompt_source="safety_instructions", num_prompts=8, max_length=128,
                   packing=False)
     c.train.update(steps=2, batch_size=4, learning_rate=3e-3, warmup_steps=1, log_every=1,

@@ -7,7 +7,7 @@
 `target` empty: explain the model's own greedy continuation (up to `max_new_tokens`).
 `template`: none (raw prompt) | gemma_chat | alpaca | plain | a template of `template_file`
 (`label` picks the branch of a dynamic template). Presets: none, `chat` (gemma_chat),
-`tiny` (random tiny model; tests set model.tokenizer).
+`tiny` (random tiny model; built-in tiny tokenizer).
 """
 
 from __future__ import annotations
@@ -40,5 +40,6 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     c.template = "gemma_chat"
   elif preset == "tiny":
     c.model = sections.model(checkpoint="random", preset="tiny_gemma3")
+    c.model.tokenizer = "tiny"  # the built-in 600-piece SentencePiece model
     c.max_new_tokens = 4
   return c

@@ -90,7 +90,7 @@ def get_config(preset: str | None = "paper_270m") -> ml_collections.ConfigDict:
   elif preset == "tiny":
     c.workdir = "runs/tiny_sft"
     c.model = sections.model(checkpoint="random", preset="tiny_gemma3")
-    c.model.tokenizer = ""  # tests set a small SentencePiece model here
+    c.model.tokenizer = "tiny"  # the built-in 600-piece SentencePiece model
     c.data.num_base = 48
     c.data.num_safety = 16
     c.data.max_length = 256

@@ -13,7 +13,7 @@ Presets:
   default  the paper's seven sets + XSTest v2, 128 new tokens, greedy.
   quick    3 prompts each of malicious_instructions (unsafe) and physical_safety_safe (safe),
            24 new tokens: a smoke run of the 270M on a CPU.
-  tiny     random tiny model (tests set model.tokenizer), 2 prompts of the same two sets.
+  tiny     random tiny model (built-in tiny tokenizer), 2 prompts of the same two sets.
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     c.batch_size = 8
     if preset == "tiny":
       c.model = sections.model(checkpoint="random", preset="tiny_gemma3")
+      c.model.tokenizer = "tiny"  # the built-in 600-piece SentencePiece model
   else:
     raise ValueError(f"unknown template_eval preset {preset!r}; known: quick, tiny (or none)")
   return c

@@ -111,7 +111,8 @@ def test_builtin_alpaca_template_is_the_papers(data_dir):
 
 def test_data_dir_resolution(monkeypatch, tmp_path, data_dir):
   monkeypatch.delenv(sources.DATA_DIR_ENV, raising=False)
-  with pytest.raises(ValueError, match="ALIGNMENT_DATA_DIR"):
+  monkeypatch.setenv(sources.OFFLINE_ENV, "1")  # no directory, no download: an error
+  with pytest.raises(sources.DataUnavailableError, match="ALIGNMENT_DATA_DIR"):
     sources.load("q_harm")
   assert len(sources.load("q_harm", data_dir)) == 100  # the explicit directory (config field)
   monkeypatch.setenv(sources.DATA_DIR_ENV, str(data_dir))

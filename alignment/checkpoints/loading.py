@@ -9,8 +9,9 @@
   path/to/flax_dir    an official Flax/orbax Gemma checkpoint
 `adapters` (optional): a LoRA adapters.npz (e.g. an SFT run's) merged into the weights after
 loading, so a later stage (reward model, RL, evaluation) starts from the tuned model.
-The tokenizer comes from `tokenizer` (a SentencePiece .model path) when set, else from the
-checkpoint itself (GGUF vocabulary, or tokenizer.model in the checkpoint dir), else None.
+The tokenizer comes from `tokenizer` (a SentencePiece .model path, or "tiny": the built-in
+600-piece model of `alignment.tokenizer.tiny`, which the tiny presets use) when set, else from
+the checkpoint itself (GGUF vocabulary, or tokenizer.model in the checkpoint dir), else None.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from alignment.checkpoints.validate import check_finite
 from alignment.model.config import ModelConfig, get_config
 from alignment.model.transformer import init_params
 from alignment.tokenizer import Tokenizer
+from alignment.tokenizer import tiny as tiny_tokenizer
 
 
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
@@ -35,6 +37,12 @@ def check_dtype(dtype: Any) -> None:
   typo such as float17 surfaces as a JAX TypeError deep inside the first forward pass)."""
   if str(dtype) not in COMPUTE_DTYPES:
     raise ValueError(f"config model.dtype={dtype!r}: must be one of {', '.join(COMPUTE_DTYPES)}")
+
+
+def _tokenizer(path: str) -> Tokenizer:
+  if path == tiny_tokenizer.NAME:
+    return tiny_tokenizer.tiny_tokenizer()
+  return Tokenizer.from_model_file(path)
 
 
 def load_model(model_config: Any) -> tuple[ModelConfig, Any, Tokenizer | None]:
@@ -51,7 +59,7 @@ def load_model(model_config: Any) -> tuple[ModelConfig, Any, Tokenizer | None]:
   elif checkpoint == "random":
     cfg = get_config(preset)
     if tokenizer_path:  # a random model sized to the given tokenizer's vocabulary
-      tokenizer = Tokenizer.from_model_file(tokenizer_path)
+      tokenizer = _tokenizer(tokenizer_path)
       cfg = cfg.replace(vocab_size=tokenizer.vocab_size)
     params = init_params(cfg, jax.random.key(int(model_config.get("seed", 0))))
   else:
@@ -73,7 +81,7 @@ def load_model(model_config: Any) -> tuple[ModelConfig, Any, Tokenizer | None]:
   if checkpoint != "random":  # random initialisation is finite by construction
     check_finite(params, f"model checkpoint {checkpoint} (config model.checkpoint)")
   if tokenizer_path and checkpoint != "random":  # overrides the checkpoint's own
-    tokenizer = Tokenizer.from_model_file(tokenizer_path)
+    tokenizer = _tokenizer(tokenizer_path)
   if tokenizer is not None and tokenizer.vocab_size > cfg.vocab_size:
     raise ValueError(f"tokenizer {tokenizer.source} has {tokenizer.vocab_size} pieces but the "
                      f"model's vocabulary holds {cfg.vocab_size}")

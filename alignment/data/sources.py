@@ -4,9 +4,11 @@
 else `$ALIGNMENT_DATA_DIR`); `load("/path/mine.jsonl")` reads a user's file (`user_files.py`:
 a name containing '/' or ending in .json/.jsonl/.csv/.parquet), so every job that takes a
 source name takes a file too. Each source also knows where it was published (raw GitHub at the
-pinned commit) and its sha256, so a user without the shared directory can `download=True` once
-into a cache (`download.py`). Readers keep every row: anything they fix up or flag is counted in
-`ReadResult.counts`, and anything they cannot read raises `DataError` naming file, line, field.
+pinned commit) and its sha256: with no data directory configured, `locate` fetches the file
+once into a cache (`download.py`; $ALIGNMENT_DATA_MIRROR names a mirror, $ALIGNMENT_OFFLINE=1
+forbids it), so the jobs run on a fresh machine. Readers keep every row: anything they fix up
+or flag is counted in `ReadResult.counts`, and anything they cannot read raises `DataError`
+naming file, line, field.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from alignment.data.records import EvalPrompt, InstructionExample, PreferencePai
 from alignment.data.transcripts import split_transcripts
 
 DATA_DIR_ENV = "ALIGNMENT_DATA_DIR"
+OFFLINE_ENV = "ALIGNMENT_OFFLINE"  # "1": never download; a missing file is an error
 
 _STL = ("https://raw.githubusercontent.com/vinid/safety-tuned-llamas/"
         "36a4b8d5c2177ed165bf61f59b590161394f7f12/")
@@ -321,6 +324,11 @@ def get_source(name: str) -> Source:
   return SOURCES[name]
 
 
+def data_dir_configured(data_dir: str | os.PathLike | None = None) -> bool:
+  """Whether a data directory is named (the argument or $ALIGNMENT_DATA_DIR, non-empty)."""
+  return bool(str(data_dir or "") or os.environ.get(DATA_DIR_ENV))
+
+
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> pathlib.Path:
   """The explicit directory, else $ALIGNMENT_DATA_DIR; an error saying how to set it otherwise."""
   if data_dir is None or str(data_dir) == "":
@@ -330,24 +338,57 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> pathlib.Path:
     data_dir = env
   path = pathlib.Path(data_dir).expanduser()
   if not path.is_dir():
-    raise ValueError(f"data directory {path} does not exist or is not a directory")
+    raise ValueError(f"data directory {path} does not exist or is not a directory (set "
+                     f"${DATA_DIR_ENV} / the config's data_dir to a copy of the data, or leave "
+                     "both unset to download the pinned files into a cache)")
   return path
 
 
-def locate(name: str, data_dir: str | os.PathLike | None = None, *, download: bool = False,
-           cache_dir: str | os.PathLike | None = None, base_url: str | None = None) -> pathlib.Path:
+class DataUnavailableError(FileNotFoundError):
+  """A source's file is in no data directory and could not be (or may not be) downloaded."""
+
+
+def _unavailable(source: Source, why: str, cache_dir: str | os.PathLike | None) -> str:
+  url, rel, _ = download_lib.remote(source)
+  cache = pathlib.Path(cache_dir).expanduser() if cache_dir else download_lib.default_cache_dir()
+  return (f"source {source.name!r}: file {source.path} is missing: {why}. Provide it one of two "
+          f"ways: (1) set ${DATA_DIR_ENV} (or the config's data_dir) to a directory holding "
+          f"{source.path} (a copy of shared/data), or (2) allow the download: unset "
+          f"${OFFLINE_ENV} and give this machine access to {url} (or set "
+          f"${download_lib.MIRROR_ENV} to a mirror of the data directory); it is fetched once "
+          f"into {cache / rel}, sha256 checked")
+
+
+def offline() -> bool:
+  return os.environ.get(OFFLINE_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def locate(name: str, data_dir: str | os.PathLike | None = None, *,
+           download: bool | None = None, cache_dir: str | os.PathLike | None = None,
+           base_url: str | None = None) -> pathlib.Path:
   """The file of source `name`: in the data directory (its sha256 checked against the
-  registered one, see `integrity`), else (download=True) fetched once."""
+  registered one, see `integrity`), else fetched once into a cache.
+
+  download=None (the jobs' default) fetches only when no data directory is configured and
+  $ALIGNMENT_OFFLINE is not set, so a fresh machine runs with no setup; False never fetches;
+  True fetches whatever the data directory lacks.
+  """
   source = get_source(name)
+  if download is None:
+    download = not data_dir_configured(data_dir) and not offline()
+    if not download and not data_dir_configured(data_dir):
+      raise DataUnavailableError(_unavailable(
+          source, f"no data directory is set and downloads are off (${OFFLINE_ENV})",
+          cache_dir))
   if not download:
     path = resolve_data_dir(data_dir) / source.path
     if not path.is_file():
       raise FileNotFoundError(f"source {name!r}: {path} not found; point data_dir/"
-                              f"${DATA_DIR_ENV} at a copy of the data or pass download=True "
-                              f"(fetches {source.url})")
+                              f"${DATA_DIR_ENV} at a copy of the data, or leave both unset to "
+                              f"download the pinned file ({source.url}) into a cache")
     integrity.check(name, path, source.sha256)
     return path
-  if data_dir is not None or os.environ.get(DATA_DIR_ENV):
+  if data_dir_configured(data_dir):
     try:
       path = resolve_data_dir(data_dir) / source.path
       if path.is_file():
@@ -355,7 +396,10 @@ def locate(name: str, data_dir: str | os.PathLike | None = None, *, download: bo
         return path
     except ValueError:
       pass
-  return download_lib.fetch(source, cache_dir, base_url=base_url)
+  try:
+    return download_lib.fetch(source, cache_dir, base_url=base_url)
+  except download_lib.DownloadError as e:
+    raise DataUnavailableError(_unavailable(source, str(e), cache_dir)) from e
 
 
 def read(name: str, data_dir: str | os.PathLike | None = None, *, columns: str = "",

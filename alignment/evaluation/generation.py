@@ -21,6 +21,7 @@ import jax
 from alignment.data.records import EvalPrompt
 from alignment.evaluation.records import AnswerRecord
 from alignment.sampling import Sampler, SamplingParams
+from alignment.training.metrics import format_duration
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,36 @@ class GenerationStats:
   @property
   def tokens_per_second(self) -> float:
     return self.generated_tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+class AnswerProgress:
+  """An `on_batch` callback logging 'answered batch k/n (a/m prompts), r answers/s, eta t'.
+
+  The rate is measured from the end of the first batch (which includes compilation) once
+  there is a second; at the first batch it is that batch's own. Batches run longest first,
+  so the ETA errs long.
+  """
+
+  def __init__(self, num_prompts: int, batch_size: int,
+               emit: Callable[[str], None] = log.info,
+               clock: Callable[[], float] = time.perf_counter):
+    self.num_prompts, self.batch_size, self.emit, self.clock = num_prompts, batch_size, emit, clock
+    self._start = clock()
+    self._first: tuple[float, int] | None = None  # (time, answers) after the first batch
+
+  def __call__(self, done: int, total: int) -> None:
+    now = self.clock()
+    answers = min(done * self.batch_size, self.num_prompts)
+    if self._first is None:
+      self._first = (now, answers)
+      t0, a0 = self._start, 0
+    else:
+      t0, a0 = self._first
+    rate = (answers - a0) / (now - t0) if now > t0 else 0.0
+    left = self.num_prompts - answers
+    eta = format_duration(left / rate) if rate > 0 else "?"
+    self.emit(f"answered batch {done}/{total} ({answers}/{self.num_prompts} prompts), "
+              f"{rate:.3g} answers/s, eta {eta}")
 
 
 def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:

@@ -326,7 +326,7 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   records, stats = generation.generate_answers(
       sampler, prompts, max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
       sampling=sampling, rng=jax.random.key(config.seed),
-      on_batch=lambda done, total: log.info("answered batch %d/%d", done, total))
+      on_batch=generation.AnswerProgress(len(prompts), config.batch_size))
   log.info("%d answers, %d tokens in %.1f s (%.1f tokens/s, compilation included)",
            stats.prompts, stats.generated_tokens, stats.seconds, stats.tokens_per_second)
   attack_stats = {}

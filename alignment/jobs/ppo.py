@@ -274,7 +274,8 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
         log.info("resumed from iteration %d of %s", start, ckpt.directory)
     logger = metrics_lib.MetricsLogger(str(workdir), iterations, start,
                                        enabled=distributed.is_primary(),
-                                       progress_bar=config.train.progress_bar)
+                                       progress_bar=config.train.progress_bar,
+                                       log_lines=False)  # the iteration lines below
     rng = jax.random.key(config.seed + 1)
     t_run = time.perf_counter()
     for it in range(start, iterations):
@@ -298,10 +299,13 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
       logger.advance()
       logger.log(it + 1, {k: v for k, v in record.items() if isinstance(v, float)})
       if (it + 1) % config.train.log_every == 0 or it + 1 == iterations:
+        eta = metrics_lib.format_duration(
+            (time.perf_counter() - t_run) / (it + 1 - start) * (iterations - it - 1))
         logger.message(f"iteration {it + 1}: " + ", ".join(
             f"{k}={record[k]:.4g}" for k in ("reward", "kl", "kl_coef", "rollout_entropy",
                                              "clip_fraction", "value_loss", "response_length",
-                                             "time_generate", "time_score", "time_train")))
+                                             "time_generate", "time_score", "time_train"))
+            + f", eta={eta}")
         samples.append({"iteration": it + 1, "prompt": rollout["prompts"][0].text,
                         "response": texts[0]})
       if (it + 1) % config.checkpoint.every == 0 or it + 1 == iterations:

@@ -170,16 +170,18 @@ class RewardFunction(Protocol):
 
 @dataclasses.dataclass(frozen=True)
 class TokenFractionReward:
-  """The fraction of a response's tokens equal to `token_id`: a toy reward whose optimum is
-  known, for tests and demos."""
+  """The fraction of a response's tokens equal to `token_id` (or to any of `more_ids`): a toy
+  reward whose optimum is known, for tests and demos. Several ids give a random model's
+  samples enough hits for the reward to move within a few iterations."""
 
   token_id: int
+  more_ids: tuple[int, ...] = ()
   name: str = "token_fraction"
 
   def __call__(self, rollouts: Rollouts) -> np.ndarray:
     tokens, lengths = np.asarray(rollouts.tokens), np.asarray(rollouts.lengths)
     real = np.arange(tokens.shape[1])[None] < lengths[:, None]
-    hits = np.sum((tokens == self.token_id) & real, axis=1)
+    hits = np.sum(np.isin(tokens, (self.token_id, *self.more_ids)) & real, axis=1)
     return (hits / np.maximum(lengths, 1)).astype(np.float32)
 
 
@@ -230,14 +232,16 @@ def make_reward(section, tokenizer) -> RewardFunction:
   """The reward named by a config section (see configs/ppo.py `reward`)."""
   kind = section.kind
   if kind == "token_fraction":
-    token = str(section.token)
-    if token.lstrip("-").isdigit():
-      token_id = int(token)
-    elif tokenizer is None:
-      raise ValueError(f"reward.token={token!r} is a piece; it needs a tokenizer")
-    else:
-      token_id = tokenizer.token_id(token)
-    return TokenFractionReward(token_id)
+    # One piece or id, or several separated by spaces (pieces never hold a space: "▁" is).
+    ids = []
+    for token in str(section.token).split() or [""]:
+      if token.lstrip("-").isdigit():
+        ids.append(int(token))
+      elif tokenizer is None:
+        raise ValueError(f"reward.token={token!r} is a piece; it needs a tokenizer")
+      else:
+        ids.append(tokenizer.token_id(token))
+    return TokenFractionReward(ids[0], tuple(ids[1:]))
   if kind == "reward_model":
     if not section.model_dir:
       raise ValueError("reward.kind='reward_model' needs reward.model_dir (a saved RM directory)")

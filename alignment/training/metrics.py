@@ -1,4 +1,5 @@
-"""Run metrics: progress bar, TensorBoard events, JSON summary, FLOPs and MFU.
+"""Run metrics: progress bar (or, without it, log lines), TensorBoard events, JSON summary,
+FLOPs and MFU.
 
 TensorBoard files are written with `tensorboardX`, which needs only numpy and protobuf; the
 writers in flax.metrics and clu import TensorFlow, which this project does not install.
@@ -6,8 +7,10 @@ writers in flax.metrics and clu import TensorFlow, which this project does not i
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+import time
 from typing import Any
 
 import jax
@@ -15,6 +18,8 @@ from tqdm.auto import tqdm
 
 from alignment.model import ModelConfig
 from alignment.files import atomic
+
+log = logging.getLogger(__name__)
 
 # Dense bf16 peak FLOP/s per device (one chip; TPU v2/v3 chips hold two cores that JAX shows
 # as one device since v4 only, so v2/v3 are listed per core). Sources: Cloud TPU system
@@ -105,16 +110,46 @@ def mfu(flops_per_step: float | None, seconds_per_step: float, num_devices: int,
   return flops_per_step / seconds_per_step / (peak_per_device * num_devices)
 
 
+def format_duration(seconds: float) -> str:
+  """'1:02:03', '2:03' or '7s': an ETA readable at a glance."""
+  seconds = max(0, int(round(seconds)))
+  hours, rest = divmod(seconds, 3600)
+  minutes, secs = divmod(rest, 60)
+  if hours:
+    return f"{hours}:{minutes:02d}:{secs:02d}"
+  return f"{minutes}:{secs:02d}" if minutes else f"{secs}s"
+
+
+def progress_line(step: int, total: int, scalars: dict[str, float],
+                  eta_seconds: float | None) -> str:
+  """'step 40/100: loss=2.31 tokens/s=1,520 eta=1:05 | grad_norm=0.8 ...' (one log line)."""
+  head = [f"step {step}/{total}:"]
+  if scalars.get("loss") is not None:
+    head.append(f"loss={scalars['loss']:.4g}")
+  if scalars.get("tokens_per_sec") is not None:
+    head.append(f"tokens/s={scalars['tokens_per_sec']:,.0f}")
+  if eta_seconds is not None:
+    head.append(f"eta={format_duration(eta_seconds)}")
+  rest = [f"{k}={v:.4g}" for k, v in scalars.items()
+          if k not in ("loss", "tokens_per_sec") and isinstance(v, (int, float))]
+  return " ".join(head) + (" | " + " ".join(rest) if rest else "")
+
+
 class MetricsLogger:
   """Progress bar, TensorBoard scalars and the final JSON summary; silent unless `enabled`
-  (only process 0 of a multi-host run writes)."""
+  (only process 0 of a multi-host run writes). Without the bar (logs of batch jobs), each
+  `log` call is one INFO line with step, loss, tokens/s and the ETA (unless `log_lines` is
+  False: a caller that prints its own)."""
 
   def __init__(self, output_dir: str | None, total_steps: int, initial_step: int = 0,
-               enabled: bool = True, progress_bar: bool = True):
+               enabled: bool = True, progress_bar: bool = True, log_lines: bool = True):
     self.enabled = enabled
     self.output_dir = output_dir
+    self.total_steps = total_steps
+    self._log_lines = log_lines and not progress_bar  # a caller printing its own lines: False
     self._bar = None
     self._writer = None
+    self._first_logged: tuple[float, int] | None = None  # (time, step) of the first loss line
     if not enabled:
       return
     if progress_bar:
@@ -141,6 +176,23 @@ class MetricsLogger:
                scalars.get(k) is not None}
       self._bar.set_postfix({k: (f"{v:.4g}" if k != "tokens_per_sec" else f"{v:,.0f}")
                              for k, v in shown.items()}, refresh=False)
+    elif self._log_lines:
+      log.info("%s", progress_line(step, self.total_steps, scalars, self._eta(step, scalars)))
+
+  def _eta(self, step: int, scalars: dict[str, float]) -> float | None:
+    """Seconds left: the wall-clock rate since the first loss line (evaluation hooks and
+    checkpoints included), or, at that first line, the loop's steps/s."""
+    if "loss" not in scalars:
+      return None
+    now = time.perf_counter()
+    if self._first_logged is None:
+      self._first_logged = (now, step)
+    t0, step0 = self._first_logged
+    if step > step0:
+      rate = (step - step0) / (now - t0)
+    else:
+      rate = scalars.get("steps_per_sec")
+    return (self.total_steps - step) / rate if rate else None
 
   def message(self, text: str) -> None:
     if self.enabled:
