@@ -4,7 +4,8 @@ PY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv
 
 # Data is read from here (the real files beside the project); override for your own copy.
-ALIGNMENT_DATA_DIR ?= $(abspath ../shared/data)
+# Without one (a fresh clone) it stays empty and the jobs download the pinned files.
+ALIGNMENT_DATA_DIR ?= $(if $(wildcard ../shared/data),$(abspath ../shared/data),)
 export ALIGNMENT_DATA_DIR
 
 .PHONY: setup setup-test run test

@@ -130,6 +130,12 @@ def test_fresh_machine_job_downloads_its_files_and_runs(server, tmp_path, monkey
   assert sorted(requests[-len(names):]) == sorted(f"/{sources.get_source(n).path}"
                                                   for n in names)
   assert not [p for p in cache.rglob("*") if p.name.endswith(".tmp")]  # nothing half-written
+  # The evaluation's progress: a rate and an ETA per batch (2 prompts of 8 sets, 4 a batch).
+  progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith("answered")]
+  assert len(progress) == 4, progress
+  for k, line in enumerate(progress, 1):
+    assert re.fullmatch(rf"answered batch {k}/4 \({4 * k}/16 prompts\), [\d.e+-]+ answers/s, "
+                        r"eta \S+", line), line
   result = json.loads((tmp_path / "run" / "result.json").read_text())
   assert {s for s in result["sets"]} >= set(names) - {"xstest"}
 

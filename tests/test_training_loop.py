@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import struct
 import types
 
@@ -175,3 +176,28 @@ def test_hooks_run_every_n_steps_on_that_steps_state(tiny, tmp_path):
     loop.train(loop.LoopConfig(num_steps=1, progress_bar=False), tiny.fresh(), tiny.step,
                tiny_training.SyntheticBatches(tiny.cfg.vocab_size), mesh=tiny.mesh,
                hooks=[loop.Hook(0, hook)])
+
+
+def test_without_the_bar_each_log_step_is_a_line_with_loss_rate_and_eta(tiny, caplog):
+  state, batches, expected = tiny.fresh(), tiny_training.SyntheticBatches(tiny.cfg.vocab_size), []
+  for _ in range(6):
+    state, m = tiny.step(state, jax.device_put(next(batches)))
+    expected.append(float(m["loss"]))
+  caplog.set_level("INFO", logger=metrics.log.name)
+  loop.train(loop.LoopConfig(num_steps=6, log_every=2, progress_bar=False), tiny.fresh(),
+             tiny.step, tiny_training.SyntheticBatches(tiny.cfg.vocab_size), mesh=tiny.mesh)
+  lines = [r.getMessage() for r in caplog.records if r.name == metrics.log.name]
+  assert len(lines) == 3, lines
+  for line, step in zip(lines, (2, 4, 6)):
+    head = re.match(r"step (\d+)/6: loss=(\S+) tokens/s=([\d,]+) eta=(\S+) \| ", line)
+    assert head, line
+    assert int(head.group(1)) == step
+    assert float(head.group(2)) == pytest.approx(expected[step - 1], rel=1e-3)
+    assert int(head.group(3).replace(",", "")) > 0
+    assert "grad_norm=" in line
+  assert lines[-1].split("eta=")[1].startswith("0s")  # nothing left at the last step
+  caplog.clear()
+  with_bar = loop.LoopConfig(num_steps=2, log_every=1, progress_bar=True)
+  loop.train(with_bar, tiny.fresh(), tiny.step,
+             tiny_training.SyntheticBatches(tiny.cfg.vocab_size), mesh=tiny.mesh)
+  assert not [r for r in caplog.records if r.name == metrics.log.name]  # the bar shows it
