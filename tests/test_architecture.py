@@ -33,11 +33,8 @@ KNOWN = {
     ("alignment/data/sources.py", "evaluation"),  # harmful_compliance filters by the judge
 }
 # Jobs are drivers: only main.py, other jobs and configs (their sections) import them.
-# Experiments go through `python -m alignment.main` or the library; these two do not yet.
-KNOWN_JOB_IMPORTS = {
-    "experiments/safety_robustness.py",  # runs sft/evaluate in-process
-    "experiments/benchmarks/ppo_iteration.py",  # drives PPOTrainer via jobs.ppo.build
-}
+# Experiments go through `python -m alignment.main` (experiments/commands.py) or the library.
+KNOWN_JOB_IMPORTS: set[str] = set()
 
 
 def _unit(path: pathlib.Path) -> str:

@@ -11,6 +11,7 @@ from alignment import lora as lora_lib
 from alignment.checkpoints.loading import load_model
 from alignment.data import sources
 from alignment.evaluation import generation, records, refusal, scorers
+from alignment.evaluation.model_source import resolve_model
 from alignment.jobs import evaluate
 from alignment.prompts.templates import ALPACA
 from alignment.sampling import Sampler
@@ -104,7 +105,7 @@ def test_evaluate_writes_one_scored_record_per_prompt(tmp_path, tokenizer_path, 
 def test_run_dir_errors(tmp_path, tokenizer_path, sft_run):
   run_dir, _ = sft_run
   config = tiny_config(tmp_path, tokenizer_path, run_dir=str(run_dir))
-  source = evaluate.resolve_model(config)
+  source = resolve_model(config.model, config.adapters, config.run_dir)
   assert source.adapters == str(run_dir / "adapters.npz")
   assert source.run_config["data"]["num_safety"] == 300
   unfinished = tmp_path / "unfinished"
@@ -112,10 +113,10 @@ def test_run_dir_errors(tmp_path, tokenizer_path, sft_run):
   (unfinished / "config.json").write_text((run_dir / "config.json").read_text())
   config.run_dir = str(unfinished)
   with pytest.raises(FileNotFoundError, match="neither adapters.npz"):
-    evaluate.resolve_model(config)
+    resolve_model(config.model, config.adapters, config.run_dir)
   config.run_dir = str(tmp_path / "nowhere")
   with pytest.raises(FileNotFoundError, match="config.json not found"):
-    evaluate.resolve_model(config)
+    resolve_model(config.model, config.adapters, config.run_dir)
 
 
 def test_bad_config_gives_clear_errors(tmp_path, tokenizer_path):

@@ -20,11 +20,17 @@ from alignment.checkpoints.loading import check_dtype, load_model
 from alignment.prompts import get_template
 from alignment.prompts.templates import PromptTemplate
 from alignment.rl.finetune import ExampleData, ExampleTrainer
-from alignment.sampling import SamplingParams
+from alignment.rl import generation as rl_generation
+from alignment.sampling import Sampler, SamplingParams
 from alignment.files import atomic
 from alignment.training import distributed, run_identity, run_lock
-from alignment.training.trainer import (Trainable, Trainer, TrainerConfig, make_checkpointer,
-                                        make_trainable)
+from alignment.training.trainer import Trainable, Trainer, TrainerConfig, make_trainable
+
+
+def run_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The config as plain JSON data: saved in config.json and with every checkpoint, so a
+  resumed run is checked against what it was."""
+  return json.loads(config.to_json_best_effort())
 
 
 MAX_LEARNING_RATE = 1e3  # far above any rate that trains; larger ones are typos
@@ -33,7 +39,7 @@ MAX_LEARNING_RATE = 1e3  # far above any rate that trains; larger ones are typos
 def check_learning_rates(config: ml_collections.ConfigDict) -> None:
   """Refuses a learning rate that is not finite, not > 0 or above MAX_LEARNING_RATE, naming
   the key, before any work starts (such a rate turns the parameters to NaN in one step)."""
-  flat = run_identity.flatten(json.loads(config.to_json_best_effort()))
+  flat = run_identity.flatten(run_config(config))
   for key, value in flat.items():
     if key.split(".")[-1] == "learning_rate" and isinstance(value, (int, float)):
       if not (math.isfinite(value) and 0 < value <= MAX_LEARNING_RATE):
@@ -86,7 +92,7 @@ def start(config: ml_collections.ConfigDict, data_fingerprint: dict | None = Non
                                                 config.mesh.tensor))
   workdir = pathlib.Path(config.workdir)
   if distributed.is_primary():
-    changes = run_identity.check_resume(workdir, json.loads(config.to_json_best_effort()),
+    changes = run_identity.check_resume(workdir, run_config(config),
                                         config.get("resume", "same_run"), data_fingerprint,
                                         data_file)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -142,6 +148,14 @@ def sampling_config(config: ml_collections.ConfigDict) -> SamplingParams:
   return sampling
 
 
+def make_sample_fn(cfg, params, tokenizer, section: ml_collections.ConfigDict
+                   ) -> rl_generation.SampleFn:
+  """The policy's sampler over formatted inputs, drawing as `section` (a job's `sampling`)
+  says; rejection sampling and distillation use it (and tests watch it as a seam)."""
+  return rl_generation.sampler_fn(Sampler(cfg, params, tokenizer), section.max_new_tokens,
+                                  sampling_config(section))
+
+
 @dataclasses.dataclass
 class Prepared:
   """What every training job starts from (see `prepare`)."""
@@ -178,15 +192,7 @@ def make_trainer(config: ml_collections.ConfigDict, trainable: Trainable, loss_f
   """The run's `Trainer` under `config.train` / `config.checkpoint`; checkpoints carry the
   whole config (a resumed run is checked against it)."""
   return Trainer(trainable, loss_fn, trainer_config(config, steps), mesh, rng,
-                 run_config=json.loads(config.to_json_best_effort()))
-
-
-def checkpointer(config: ml_collections.ConfigDict, workdir: pathlib.Path,
-                 trainable: Trainable):
-  """The run's checkpointer, for a job with its own loop (PPO)."""
-  c = config.checkpoint
-  return make_checkpointer(trainable, workdir, c.every, c.keep, c.async_save,
-                           json.loads(config.to_json_best_effort()))
+                 run_config=run_config(config))
 
 
 def example_trainer(config: ml_collections.ConfigDict, trainable: Trainable, mesh,
@@ -196,7 +202,7 @@ def example_trainer(config: ml_collections.ConfigDict, trainable: Trainable, mes
   data = ExampleData(max_length=config.data.max_length, batch_size=config.train.batch_size,
                      packing=config.data.packing, seed=config.seed)
   return ExampleTrainer(trainable, trainer_config(config, total_steps), data, mesh, template,
-                        rng, run_config=json.loads(config.to_json_best_effort()))
+                        rng, run_config=run_config(config))
 
 
 def save_lora(workdir: pathlib.Path, params: dict[str, Any],
