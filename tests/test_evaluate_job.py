@@ -10,7 +10,8 @@ import pytest
 from alignment import lora as lora_lib
 from alignment.checkpoints.loading import load_model
 from alignment.data import sources
-from alignment.evaluation import generation, records, refusal, scorers
+from alignment.evaluation import generation, records, scorers
+from alignment.judges import refusal
 from alignment.evaluation.model_source import resolve_model
 from alignment.jobs import evaluate
 from alignment.prompts.templates import ALPACA
@@ -276,7 +277,6 @@ def test_quantize_round_trips_the_merged_weights(tmp_path, tokenizer_path, sft_r
                                                  monkeypatch):
   """Wiring: the job hands the adapter-merged weights to quantize_params and samples with what
   it returns. A stand-in replaces the real scheme so the test checks the job, not the rounding."""
-  from alignment import quantization
   run_dir, (cfg, params, merged, tokenizer) = sft_run
   calls = []
 
@@ -284,7 +284,7 @@ def test_quantize_round_trips_the_merged_weights(tmp_path, tokenizer_path, sft_r
     calls.append((tree, scheme))
     return jax.tree.map(lambda x: jnp.round(x * 4) / 4, tree)  # a coarse grid, same structure
 
-  monkeypatch.setattr(quantization, "quantize_params", fake_quantize)
+  monkeypatch.setattr(evaluate, "quantize_params", fake_quantize)
   config = tiny_config(tmp_path, tokenizer_path, run_dir=str(run_dir), quantize="int8",
                        sets="malicious_instructions")
   out = evaluate.run(config)

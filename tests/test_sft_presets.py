@@ -15,6 +15,7 @@ from alignment.checkpoints.embedded import embedded_gguf_path
 from alignment.data import mixtures, pipeline
 from alignment.jobs import sft
 from alignment.prompts.templates import get_template
+from alignment.checkpoints.gguf_tokenizer import tokenizer_from_gguf
 from alignment.tokenizer.tokenizer import Tokenizer
 from configs import sft as sft_config
 
@@ -23,7 +24,7 @@ PRESETS = ("paper_270m", "gemma_2b", "gemma_7b", "demo", "laptop", "tiny")
 
 @functools.lru_cache(maxsize=1)
 def embedded_tokenizer() -> Tokenizer:
-  return Tokenizer.from_gguf(embedded_gguf_path())
+  return tokenizer_from_gguf(embedded_gguf_path())
 
 
 @pytest.mark.parametrize("preset", PRESETS)

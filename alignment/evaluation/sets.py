@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from alignment import schema
 from alignment.data import sources, user_files
 from alignment.data.records import EvalPrompt
 
@@ -21,7 +22,7 @@ def parse_sets(sets: str) -> list[str]:
   A file (a name containing '/' or ending in .csv, .jsonl, ...: `alignment.data.user_files`)
   is a set of the user's, reported under its stem: `/x/probes.csv` is the set "probes".
   """
-  names = [s.strip() for s in sets.split(",") if s.strip()]
+  names = list(schema.names(sets))
   if not names:
     raise ValueError("config.sets: no evaluation set named")
   for name in names:

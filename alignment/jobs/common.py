@@ -22,6 +22,7 @@ from alignment.prompts.templates import PromptTemplate
 from alignment.rl.finetune import ExampleData, ExampleTrainer
 from alignment.rl import generation as rl_generation
 from alignment.sampling import Sampler, SamplingParams
+from alignment.schema import from_section
 from alignment.files import atomic
 from alignment.training import distributed, run_identity, run_lock
 from alignment.training.trainer import Trainable, Trainer, TrainerConfig, make_trainable
@@ -88,8 +89,7 @@ def start(config: ml_collections.ConfigDict, data_fingerprint: dict | None = Non
       initialize=d.initialize, coordinator_address=d.coordinator_address or None,
       num_processes=d.num_processes or None,
       process_id=None if d.process_id < 0 else d.process_id))
-  mesh = sharding.make_mesh(sharding.MeshConfig(config.mesh.data, config.mesh.fsdp,
-                                                config.mesh.tensor))
+  mesh = sharding.make_mesh(from_section(sharding.MeshConfig, config.mesh, "config.mesh"))
   workdir = pathlib.Path(config.workdir)
   if distributed.is_primary():
     changes = run_identity.check_resume(workdir, run_config(config),
@@ -103,11 +103,7 @@ def start(config: ml_collections.ConfigDict, data_fingerprint: dict | None = Non
 
 
 def lora_config(section: ml_collections.ConfigDict) -> lora_lib.LoraConfig | None:
-  if not section.enabled:
-    return None
-  targets = tuple(t.strip() for t in section.targets.split(",") if t.strip())
-  return lora_lib.LoraConfig(rank=section.rank, alpha=section.alpha, dropout=section.dropout,
-                             targets=targets)
+  return from_section(lora_lib.LoraConfig, section, "config.lora") if section.enabled else None
 
 
 def load_trainable(config: ml_collections.ConfigDict, mesh, rng: jax.Array) -> Trainable:
@@ -138,8 +134,7 @@ def sampling_config(config: ml_collections.ConfigDict) -> SamplingParams:
   """SamplingParams from a config's temperature/top_k/top_p, after checking those and
   max_new_tokens / batch_size (where the config has them) with errors naming the field."""
   try:
-    sampling = SamplingParams(temperature=config.temperature, top_k=config.top_k,
-                              top_p=config.top_p)
+    sampling = from_section(SamplingParams, config)
   except ValueError as e:
     raise ValueError(f"config: {e}") from None
   for field in ("max_new_tokens", "batch_size"):
@@ -199,8 +194,8 @@ def example_trainer(config: ml_collections.ConfigDict, trainable: Trainable, mes
                     template: PromptTemplate, rng: jax.Array, total_steps: int
                     ) -> ExampleTrainer:
   """The SFT trainer of a job that trains on its own samples, `total_steps` over all rounds."""
-  data = ExampleData(max_length=config.data.max_length, batch_size=config.train.batch_size,
-                     packing=config.data.packing, seed=config.seed)
+  data = from_section(ExampleData, config.data, "config.data",
+                      batch_size=config.train.batch_size, seed=config.seed)
   return ExampleTrainer(trainable, trainer_config(config, total_steps), data, mesh, template,
                         rng, run_config=run_config(config))
 

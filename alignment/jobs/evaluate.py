@@ -31,6 +31,7 @@ from typing import Any
 import jax
 import ml_collections
 
+from alignment import schema
 from alignment.data import sources
 from alignment.data.records import EvalPrompt
 from alignment.evaluation import attacks as attacks_lib
@@ -68,7 +69,7 @@ def parse_attack_config(config: ml_collections.ConfigDict, sets: Sequence[str]
   spec = config.attack_sets.strip()
   if spec == UNSAFE:
     return vectors, list(sets)
-  names = [s.strip() for s in spec.split(",") if s.strip()]
+  names = list(schema.names(spec))
   if not names:
     raise ValueError(f"config.attack_sets: empty; give {UNSAFE!r} or set names from "
                      "config.sets")

@@ -27,6 +27,7 @@ from alignment.rl import prompts as prompts_lib
 from alignment.rl.ppo_trainer import PPOTrainer, RolloutConfig
 from alignment.rl.roles import ValueModel, make_reward
 from alignment.files import atomic
+from alignment.schema import from_section
 from alignment.training import distributed, loop, run_lock
 from alignment.training.trainer import Trainable, TrainerConfig
 
@@ -34,31 +35,23 @@ log = logging.getLogger(__name__)
 
 
 def ppo_config(config: ml_collections.ConfigDict) -> ppo.PPOConfig:
-  p = config.ppo
-  return ppo.PPOConfig(
-      clip_ratio=p.clip_ratio, clip_value=p.clip_value, vf_coef=p.vf_coef,
-      entropy_coef=p.entropy_coef, gamma=p.gamma, lam=p.lam, estimator=p.estimator,
-      whiten_rewards=p.whiten_rewards, whiten_advantages=p.whiten_advantages,
-      group_size=config.rollout.samples_per_prompt)
+  return from_section(ppo.PPOConfig, config.ppo, "config.ppo",
+                      group_size=config.rollout.samples_per_prompt)
 
 
 def rollout_config(config: ml_collections.ConfigDict) -> RolloutConfig:
-  r = config.rollout
-  return RolloutConfig(
-      samples_per_prompt=r.samples_per_prompt, max_new_tokens=r.max_new_tokens,
-      sampling=common.sampling_config(r), epochs=config.ppo.epochs,
-      num_minibatches=config.ppo.num_minibatches)
+  return from_section(RolloutConfig, config.rollout, "config.rollout",
+                      sampling=common.sampling_config(config.rollout),
+                      epochs=config.ppo.epochs, num_minibatches=config.ppo.num_minibatches)
 
 
 def trainer_config(config: ml_collections.ConfigDict, rollout: RolloutConfig) -> TrainerConfig:
   """The update phase's optimizer (steps = all updates) with the iteration cadences."""
-  t, c = config.train, config.checkpoint
-  return TrainerConfig(
-      steps=t.iterations * rollout.updates_per_iteration, learning_rate=t.learning_rate,
-      schedule=t.schedule, warmup_steps=t.warmup_steps, weight_decay=t.weight_decay,
-      max_grad_norm=t.max_grad_norm or None, log_every=t.log_every,
-      progress_bar=t.progress_bar, checkpoint_every=c.every, checkpoint_keep=c.keep,
-      async_save=c.async_save)
+  c = config.checkpoint
+  return from_section(TrainerConfig, config.train, "config.train",
+                      steps=config.train.iterations * rollout.updates_per_iteration,
+                      max_grad_norm=config.train.max_grad_norm or None,
+                      checkpoint_every=c.every, checkpoint_keep=c.keep, async_save=c.async_save)
 
 
 def tokenized_prompts(config, tokenizer, template) -> list[tuple[prompts_lib.RLPrompt, list[int]]]:

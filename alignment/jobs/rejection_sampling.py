@@ -18,6 +18,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from alignment import schema
 from alignment.jobs import common
 from alignment.jobs.common import make_sample_fn
 from alignment.rl import prompts as prompts_lib
@@ -47,7 +48,7 @@ def make_reward(section: ml_collections.ConfigDict,
   if not (section.safety_rm and section.helpfulness_rm):
     raise ValueError("rs.reward='combined' needs rs.safety_rm and rs.helpfulness_rm (saved "
                      "reward-model directories, <reward workdir>/reward_model)")
-  unsafe_sources = {s.strip() for s in section.unsafe_sources.split(",") if s.strip()}
+  unsafe_sources = set(schema.names(section.unsafe_sources))
   unknown = unsafe_sources - {p.source for p in prompts}
   if unknown:
     raise ValueError(f"rs.unsafe_sources names {sorted(unknown)}, which no prompt came from "

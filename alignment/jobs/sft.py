@@ -21,9 +21,11 @@ import ml_collections
 from alignment import lora as lora_lib
 from alignment.data import mixtures, pipeline, sources
 from alignment.jobs import common
+from alignment.schema import from_section
 from alignment.sampling import Sampler
 from alignment.files import atomic
 from alignment.training import distributed, losses, run_lock
+from alignment.checkpoints.huggingface import save_safetensors
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +43,9 @@ def build_data(config: ml_collections.ConfigDict) -> tuple[list, list, dict]:
   """
   d = config.data
   held_out = d.eval_examples
-  mix_cfg = mixtures.MixtureConfig(
-      base_source=d.base_source, num_base=d.num_base + held_out,
-      safety_source=d.safety_source, columns=d.get("columns", ""), num_safety=d.num_safety,
-      safety_fraction=d.safety_fraction if d.safety_fraction >= 0 else None,
-      safety_format=d.safety_format, template=d.template, system_prompt=d.system_prompt,
-      seed=config.seed, dedup=d.dedup, remove_eval_overlap=d.remove_eval_overlap)
+  mix_cfg = from_section(
+      mixtures.MixtureConfig, d, "config.data", num_base=d.num_base + held_out,
+      safety_fraction=d.safety_fraction if d.safety_fraction >= 0 else None, seed=config.seed)
   examples, report = mixtures.build_mixture(mix_cfg, common.data_dir(config))
   base_name = sources.source_name(d.base_source)  # a user's file: its stem
   base_positions = [i for i, e in enumerate(examples) if e.source == base_name]
@@ -115,7 +114,6 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   if distributed.is_primary():
     outputs.update(common.save_lora(workdir, final_state.params, lcfg))
     if config.export_merged:
-      from alignment.checkpoints.huggingface import save_safetensors  # pylint: disable=import-outside-toplevel
       outputs["merged_model"] = str(save_safetensors(
           cfg.replace(dtype="float32"), jax.device_get(merge(final_state.params)),
           workdir / "merged_hf"))

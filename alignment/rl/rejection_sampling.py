@@ -23,6 +23,8 @@ from alignment.evaluation import scorers
 from alignment.evaluation.records import AnswerRecord
 from alignment.reward import combine
 from alignment.rl.generation import SampleFn, generate_in_batches
+from alignment.reward.saved import load_reward_model
+from alignment.reward.scorer import RewardScorer
 
 RewardFn = Callable[[Sequence[str], Sequence[str]], np.ndarray]  # (prompts, answers) -> [N]
 
@@ -115,8 +117,6 @@ NAMED_REWARDS: dict[str, RewardFn] = {
 
 def reward_model_reward(directory: str | pathlib.Path, batch_size: int = 8) -> RewardFn:
   """Raw scores r(prompt, answer) of a saved reward model, one-turn HH format."""
-  from alignment.reward.saved import load_reward_model  # pylint: disable=import-outside-toplevel
-  from alignment.reward.scorer import RewardScorer  # pylint: disable=import-outside-toplevel
   scorer = RewardScorer(load_reward_model(directory), batch_size)
 
   def reward(prompts: Sequence[str], answers: Sequence[str]) -> np.ndarray:

@@ -26,10 +26,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from alignment import schema
 from alignment import lora as lora_lib
 from alignment import model
 from alignment.model import layers
 from alignment.model.config import ModelConfig
+from alignment.reward.saved import load_reward_model
+from alignment.reward.scorer import RewardScorer
+from alignment.evaluation.records import AnswerRecord
+from alignment.reward import combine
 
 Array = jax.Array
 Params = Any
@@ -189,13 +194,10 @@ class RewardModelReward:
   name = "reward_model"
 
   def __init__(self, directory: str, batch_size: int = 8):
-    from alignment.reward.saved import load_reward_model  # pylint: disable=import-outside-toplevel
-    from alignment.reward.scorer import RewardScorer  # pylint: disable=import-outside-toplevel
     self.directory = directory
     self.scorer = RewardScorer(load_reward_model(directory), batch_size)
 
   def __call__(self, rollouts: Rollouts) -> np.ndarray:
-    from alignment.evaluation.records import AnswerRecord  # pylint: disable=import-outside-toplevel
     records = [AnswerRecord(set=s or "rl", id=str(i), prompt=p, answer=r)
                for i, (p, s, r) in enumerate(zip(rollouts.prompts, rollouts.sources,
                                                  rollouts.responses))]
@@ -216,7 +218,6 @@ class CombinedReward:
     self.unsafe_sources = tuple(unsafe_sources)
 
   def __call__(self, rollouts: Rollouts) -> np.ndarray:
-    from alignment.reward import combine  # pylint: disable=import-outside-toplevel
     unsafe = np.array([s in self.unsafe_sources for s in rollouts.sources])
     return np.asarray(combine.combined_logit(
         jnp.asarray(self.safety(rollouts)), jnp.asarray(self.helpfulness(rollouts)),
@@ -246,7 +247,7 @@ def make_reward(section, tokenizer) -> RewardFunction:
     if not (section.safety_dir and section.helpfulness_dir):
       raise ValueError("reward.kind='combined' needs reward.safety_dir and "
                        "reward.helpfulness_dir (saved RM directories)")
-    unsafe = tuple(s.strip() for s in section.unsafe_sources.split(",") if s.strip())
+    unsafe = schema.names(section.unsafe_sources)
     return CombinedReward(section.safety_dir, section.helpfulness_dir, section.safety_threshold,
                           unsafe, section.batch_size)
   raise ValueError(f"unknown reward.kind {kind!r}; known: {', '.join(REWARD_KINDS)}")

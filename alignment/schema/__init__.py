@@ -17,12 +17,18 @@ T = TypeVar("T")
 
 
 def names(value: str | Sequence[str], sep: str = ",") -> tuple[str, ...]:
-  """The non-empty, stripped items of a `sep`-joined string or of a sequence of strings."""
-  items = value.split(sep) if isinstance(value, str) else list(value)
+  """The non-empty, stripped items of a `sep`-joined string or of a sequence of strings.
+
+  Items of a sequence are split too: ml_collections reads `--config.x=q,v` for a tuple
+  field as the one-item tuple ('q,v',), which means ('q', 'v').
+  """
+  items = [value] if isinstance(value, str) else list(value)
+  out = []
   for item in items:
     if not isinstance(item, str):
       raise TypeError(f"expected strings, got {type(item).__name__} {item!r} in {value!r}")
-  return tuple(s.strip() for s in items if s.strip())
+    out += [s.strip() for s in item.split(sep) if s.strip()]
+  return tuple(out)
 
 
 def from_section(cls: type[T], section: Mapping[str, Any], name: str = "", **given: Any) -> T:
