@@ -25,7 +25,8 @@ from alignment.rl import kl as kl_lib
 from alignment.rl import ppo
 from alignment.rl import prompts as prompts_lib
 from alignment.rl.ppo_trainer import PPOTrainer, RolloutConfig
-from alignment.rl.roles import ValueModel, make_reward
+from alignment.rl.rewards import make_reward
+from alignment.rl.roles import ValueModel
 from alignment.files import atomic
 from alignment.schema import from_section
 from alignment.training import distributed, loop, run_lock

@@ -20,7 +20,7 @@ rest per set. A helpfulness RM (trained on hh_helpful) scores the same way as
 from __future__ import annotations
 
 import pathlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -96,6 +96,20 @@ class RewardScorer:
                                                   "last_index")})
       out.append(np.asarray(scores)[:len(chunk)])
     return np.concatenate(out) if out else np.zeros((0,), np.float32)
+
+
+def text_rewards(directory: str | pathlib.Path, batch_size: int = 8
+                 ) -> Callable[[Sequence[str], Sequence[str]], np.ndarray]:
+  """`rewards(prompts, answers)`: the raw scores r(prompt, answer) of a saved reward model,
+  for trainers that score their own samples (PPO rollouts, rejection-sampling candidates)."""
+  scorer = RewardScorer(load_reward_model(directory), batch_size)
+
+  def rewards(prompts: Sequence[str], answers: Sequence[str]) -> np.ndarray:
+    records = [AnswerRecord(set="rl", id=str(i), prompt=p, answer=a)
+               for i, (p, a) in enumerate(zip(prompts, answers))]
+    return scorer.rewards(records).astype(np.float64)
+
+  return rewards
 
 
 def _saved_rm_scorer(directory: str | pathlib.Path, source: str, role: str, batch_size: int,

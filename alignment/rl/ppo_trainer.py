@@ -22,7 +22,8 @@ import numpy as np
 from alignment.data import batching
 from alignment.rl import ppo
 from alignment.rl import prompts as prompts_lib
-from alignment.rl.roles import Policy, Reference, Rollouts, ValueModel
+from alignment.rl.rewards import Rollouts
+from alignment.rl.roles import Policy, Reference, ValueModel
 from alignment.sampling import SamplingParams, bucket_size, generate
 from alignment.training import distributed, loop
 from alignment.training.trainer import Trainable, Trainer, TrainerConfig
