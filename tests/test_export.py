@@ -22,6 +22,7 @@ import pytest
 from alignment import lora as lora_lib
 from alignment import model as M
 from alignment.checkpoints import export as export_lib
+from alignment.checkpoints import huggingface as hf
 from alignment.checkpoints.loading import load_model
 from alignment.jobs import export as export_job
 
@@ -116,12 +117,11 @@ def exported(tmp_path_factory, tokenizer_path):
   config = export_config.get_config()
   config.run_dir = str(run_dir)
   written = export_job.run(config)
-  return run_dir, written
+  return run_dir, written, ours(run_dir)
 
 
 def test_merged_folder_loads_in_transformers_with_our_logits(exported):
-  run_dir, written = exported
-  expected, valid = ours(run_dir)
+  run_dir, written, (expected, valid) = exported
   base_logits, _ = ours(run_dir, with_adapters=False)
   # The adapters matter far beyond the tolerance, so dropping or mislaying them would fail.
   assert np.abs(expected - base_logits)[valid].max() > 100 * ATOL
@@ -133,8 +133,7 @@ def test_merged_folder_loads_in_transformers_with_our_logits(exported):
 
 
 def test_peft_adapters_on_the_base_folder_give_our_logits(exported):
-  run_dir, written = exported
-  expected, valid = ours(run_dir)
+  _, written, (expected, valid) = exported
   config = json.loads(pathlib.Path(written["peft"], "adapter_config.json").read_text())
   assert (config["r"], config["lora_alpha"]) == (4, 16.0)
   assert config["target_modules"] == sorted(["q_proj", "k_proj", "v_proj", "o_proj",
@@ -150,7 +149,7 @@ def test_peft_adapters_on_the_base_folder_give_our_logits(exported):
 
 
 def test_tokenizer_and_generation_config_travel_with_the_model(exported, tokenizer_path):
-  run_dir, written = exported
+  run_dir, written, _ = exported
   _, _, tok = load_model(json.loads((run_dir / "config.json").read_text())["model"])
   for folder in (written["merged"], written["base"]):
     theirs_tok = transformers.AutoTokenizer.from_pretrained(folder)
@@ -183,6 +182,29 @@ def test_partial_layers_subset_targets_and_an_sft_start(tmp_path, tokenizer_path
                              atol=ATOL, rtol=0)
   np.testing.assert_allclose(theirs(hf_model(written["merged"]), expected.shape[-1])[valid],
                              expected[valid], atol=ATOL, rtol=0)
+
+
+def test_full_fine_tuning_run_is_exported_from_its_merged_hf(tmp_path, tokenizer_path):
+  """An sft run with lora.enabled=False and export_merged=True, written before merged_hf/
+  carried a tokenizer: merged/ gets the run's tokenizer, and the weights are merged_hf's."""
+  run_dir = make_run(tmp_path / "full", tokenizer_path)
+  (run_dir / "adapters.npz").unlink()
+  config = json.loads((run_dir / "config.json").read_text())
+  config["lora"]["enabled"] = False
+  (run_dir / "config.json").write_text(json.dumps(config))
+  cfg, params, tok = load_model(config["model"])
+  params = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(jax.random.key(3), x.shape),
+                        params)  # "fine-tuned": not the random start the config names
+  hf.save_safetensors(cfg, params, run_dir / "merged_hf")
+  written = export_lib.export_run(run_dir, tmp_path / "out")
+  assert sorted(written) == ["merged"]
+  tokens, valid, positions = inputs(cfg.vocab_size)
+  expected, _ = M.forward(cfg, params, tokens, positions, M.causal_mask(valid))
+  got = theirs(hf_model(written["merged"]), cfg.vocab_size)
+  valid = np.asarray(valid)
+  np.testing.assert_allclose(got[valid], np.asarray(expected)[valid], atol=ATOL, rtol=0)
+  assert transformers.AutoTokenizer.from_pretrained(written["merged"])(TEXTS[0])[
+      "input_ids"] == tok.encode(TEXTS[0], add_bos=True)
 
 
 def test_a_run_directory_missing_its_files_is_named(tmp_path, tokenizer_path):

@@ -20,6 +20,7 @@ refused (their reward_model/ folder is what `alignment.reward.scorer` loads).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pathlib
 from typing import Any
@@ -31,6 +32,7 @@ from alignment.checkpoints import huggingface, peft_adapters
 from alignment.checkpoints.loading import load_model
 
 PathLike = str | os.PathLike
+log = logging.getLogger(__name__)
 
 ADAPTERS = "adapters.npz"
 FULL_FINE_TUNING = "merged_hf"  # where sft's export_merged writes a full fine-tuning run
@@ -104,6 +106,9 @@ def export_run(run_dir: PathLike, out_dir: PathLike, dtype: str = "float32",
   base_name = (str((out_dir / "base").absolute()) if write_base
                else _base_reference(model, str(run_dir / "config.json")))
   cfg, base, tokenizer = load_model(model)
+  if tokenizer is None:
+    log.warning("%s: the run's model has no tokenizer (model.tokenizer is empty); the "
+                "export holds no tokenizer files", run_dir / "config.json")
   adapters, lcfg = lora_lib.load_adapters(adapters_path, cfg)
   merged = jax.jit(lambda p, a: lora_lib.merge(p, a, lcfg))(base, adapters)
   written["merged"] = str(huggingface.save_safetensors(

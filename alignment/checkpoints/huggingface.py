@@ -313,7 +313,11 @@ def model_config_to_hf_config(cfg: ModelConfig, family: str | None = None,
     out["rope_parameters"] = {"rope_type": "default", "rope_theta": cfg.rope_base_global}
     return out
   out.update(
-      query_pre_attn_scalar=cfg.query_pre_attn_scalar,
+      # transformers 5 refuses a float here (`int` field); a config read from a
+      # config.json holds it as one.
+      query_pre_attn_scalar=(int(cfg.query_pre_attn_scalar)
+                             if float(cfg.query_pre_attn_scalar).is_integer()
+                             else cfg.query_pre_attn_scalar),
       sliding_window=cfg.sliding_window_size,
       layer_types=["sliding_attention" if k == "local" else "full_attention"
                    for k in cfg.attention_types],
