@@ -1,11 +1,17 @@
 """The export job against transformers and peft, on tiny Gemma 3 runs with random weights.
 
+The runs start from a tiny Gemma 3 saved as an HF folder (random numpy weights: nothing to
+compile, so the file stays fast); the tiny presets' `checkpoint='random'` start goes through
+the same `load_model` and was checked by hand on sft:tiny and dpo:tiny runs
+(docs/MEASUREMENTS.md).
+
 A run directory is laid out as the trainers leave it (config.json from a job config,
 adapters.npz from `save_adapters`), with adapters whose B is far from zero so that a wrong
 transpose, reshape or scale moves logits far beyond the tolerance. The references are
 independent: transformers runs merged/ on its own, and peft applies peft/ to base/ unmerged;
-ours is `lora_forward` (adapters unmerged too). float32 throughout; the observed differences
-are float32 rounding (~1e-6), the tolerance 1e-4.
+ours is `lora_forward` (adapters unmerged too). float32 throughout; the differences seen
+are float32 rounding (up to ~2e-5 on logits up to ~60), the tolerance 1e-4; a 1% error in
+lora_alpha moved logits by 0.06, a mis-ordered lora_B reshape by 22.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from configs import export as export_config  # noqa: E402
 from configs import ppo as ppo_config  # noqa: E402
 
 ATOL = 1e-4
+TOKENIZER_VOCAB = 600  # tiny_sentencepiece's; a random model is sized to its tokenizer
 PROMPT_LEN, PADS = 20, (0, 7)
 TEXTS = ("Give three tips for staying healthy.",
          "  two  spaces\n\nnew lines, é ☃ <start_of_turn>user\nhi<end_of_turn>")
@@ -49,27 +56,38 @@ def tokenizer_path(tmp_path_factory) -> pathlib.Path:
   return directory / "tiny_sp.model"
 
 
+@pytest.fixture(scope="module")
+def hf_base(tmp_path_factory) -> pathlib.Path:
+  """A tiny Gemma 3 as a Hugging Face folder, random weights norm scales included (drawn with
+  numpy: nothing to compile)."""
+  cfg = M.get_config("tiny_gemma3", vocab_size=TOKENIZER_VOCAB)
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(lambda x: (0.5 if len(x.shape) == 1 else 0.05)
+                        * rng.standard_normal(x.shape, np.float32), M.param_shapes(cfg))
+  return hf.save_safetensors(cfg, params, tmp_path_factory.mktemp("hf") / "base")
+
+
 def make_run(run_dir: pathlib.Path, tokenizer_path: pathlib.Path, targets: str = "",
              layers: tuple[int, ...] | None = None, start_adapters: str = "",
-             seed: int = 1) -> pathlib.Path:
-  """A LoRA run directory as a trainer leaves it: the tiny PPO preset's config.json and
-  adapters.npz with random A and B (a trained B is nonzero; the initial one is not)."""
+             seed: int = 1, checkpoint: str = "random") -> pathlib.Path:
+  """A LoRA run directory as a trainer leaves it: the tiny PPO preset's config.json (its
+  random tiny Gemma 3, or `checkpoint`) and adapters.npz with random A and B (a trained B is
+  nonzero; the initial one is not)."""
   config = ppo_config.get_config("tiny")
   config.workdir = str(run_dir)
+  config.model.checkpoint = checkpoint
   config.model.tokenizer = str(tokenizer_path)
   config.model.adapters = start_adapters
   if targets:
     config.lora.targets = targets
   run_dir.mkdir(parents=True)
   (run_dir / "config.json").write_text(config.to_json_best_effort(indent=2))
-  cfg, _, _ = load_model({**config.model, "adapters": ""})
+  cfg = M.get_config(config.model.preset, vocab_size=TOKENIZER_VOCAB)
   lcfg = lora_lib.LoraConfig(rank=config.lora.rank, alpha=config.lora.alpha,
                              targets=tuple(config.lora.targets.split(",")))
-  adapters = lora_lib.init_adapters(cfg, lcfg, jax.random.key(seed))
-  leaves, treedef = jax.tree.flatten(adapters)
-  keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
-  adapters = jax.tree.unflatten(treedef, [0.3 * jax.random.normal(k, x.shape)
-                                          for x, k in zip(leaves, keys)])
+  shapes = jax.eval_shape(lambda: lora_lib.init_adapters(cfg, lcfg, jax.random.key(0)))
+  rng = np.random.default_rng(seed)  # numpy: no kernel to compile per shape
+  adapters = jax.tree.map(lambda x: 0.3 * rng.standard_normal(x.shape, np.float32), shapes)
   if layers is not None:
     adapters = {f"layer_{i}": adapters[f"layer_{i}"] for i in layers}
   lora_lib.save_adapters(run_dir / "adapters.npz", adapters, lcfg)
@@ -91,9 +109,10 @@ def ours(run_dir: pathlib.Path, with_adapters: bool = True) -> tuple[np.ndarray,
   mask = M.causal_mask(valid)
   if with_adapters:
     adapters, lcfg = lora_lib.load_adapters(run_dir / "adapters.npz", cfg)
-    logits, _ = lora_lib.lora_forward(cfg, base, adapters, lcfg, tokens, positions, mask)
+    logits, _ = jax.jit(lora_lib.lora_forward, static_argnums=(0, 3))(
+        cfg, base, adapters, lcfg, tokens, positions, mask)
   else:
-    logits, _ = M.forward(cfg, base, tokens, positions, mask)
+    logits, _ = jax.jit(M.forward, static_argnums=0)(cfg, base, tokens, positions, mask)
   return np.asarray(logits), np.asarray(valid)
 
 
@@ -111,9 +130,11 @@ def hf_model(folder: str):
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory, tokenizer_path):
-  """The tiny PPO run (all layers, all seven projections) exported by the job itself."""
-  run_dir = make_run(tmp_path_factory.mktemp("full") / "run", tokenizer_path)
+def exported(tmp_path_factory, tokenizer_path, hf_base):
+  """A tiny PPO run (all layers, all seven projections) started from an HF folder, exported
+  by the job itself."""
+  run_dir = make_run(tmp_path_factory.mktemp("full") / "run", tokenizer_path,
+                     checkpoint=str(hf_base))
   config = export_config.get_config()
   config.run_dir = str(run_dir)
   written = export_job.run(config)
@@ -165,12 +186,12 @@ def test_tokenizer_and_generation_config_travel_with_the_model(exported, tokeniz
   assert report["written"] == written
 
 
-def test_partial_layers_subset_targets_and_an_sft_start(tmp_path, tokenizer_path):
+def test_partial_layers_subset_targets_and_an_sft_start(tmp_path, tokenizer_path, hf_base):
   """Adapters on the top two layers only (`lora.last_layers`), on three projections, of a run
   that started from an SFT run's adapters: base/ is that start, and peft/ goes on top."""
-  start = make_run(tmp_path / "sft", tokenizer_path, seed=11)
+  start = make_run(tmp_path / "sft", tokenizer_path, seed=11, checkpoint=str(hf_base))
   run_dir = make_run(tmp_path / "dpo", tokenizer_path, targets="q,v,down", layers=(4, 5),
-                     start_adapters=str(start / "adapters.npz"))
+                     start_adapters=str(start / "adapters.npz"), checkpoint=str(hf_base))
   written = export_lib.export_run(run_dir, tmp_path / "out")
   expected, valid = ours(run_dir)
   config = json.loads(pathlib.Path(written["peft"], "adapter_config.json").read_text())
@@ -184,22 +205,24 @@ def test_partial_layers_subset_targets_and_an_sft_start(tmp_path, tokenizer_path
                              expected[valid], atol=ATOL, rtol=0)
 
 
-def test_full_fine_tuning_run_is_exported_from_its_merged_hf(tmp_path, tokenizer_path):
+def test_full_fine_tuning_run_is_exported_from_its_merged_hf(tmp_path, tokenizer_path,
+                                                              hf_base):
   """An sft run with lora.enabled=False and export_merged=True, written before merged_hf/
   carried a tokenizer: merged/ gets the run's tokenizer, and the weights are merged_hf's."""
-  run_dir = make_run(tmp_path / "full", tokenizer_path)
+  run_dir = make_run(tmp_path / "full", tokenizer_path, checkpoint=str(hf_base))
   (run_dir / "adapters.npz").unlink()
   config = json.loads((run_dir / "config.json").read_text())
   config["lora"]["enabled"] = False
   (run_dir / "config.json").write_text(json.dumps(config))
   cfg, params, tok = load_model(config["model"])
-  params = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(jax.random.key(3), x.shape),
-                        params)  # "fine-tuned": not the random start the config names
+  rng = np.random.default_rng(3)  # "fine-tuned": not the start the config names
+  params = jax.tree.map(lambda x: x + 0.05 * rng.standard_normal(x.shape, np.float32), params)
   hf.save_safetensors(cfg, params, run_dir / "merged_hf")
   written = export_lib.export_run(run_dir, tmp_path / "out")
   assert sorted(written) == ["merged"]
   tokens, valid, positions = inputs(cfg.vocab_size)
-  expected, _ = M.forward(cfg, params, tokens, positions, M.causal_mask(valid))
+  expected, _ = jax.jit(M.forward, static_argnums=0)(cfg, params, tokens, positions,
+                                                     M.causal_mask(valid))
   got = theirs(hf_model(written["merged"]), cfg.vocab_size)
   valid = np.asarray(valid)
   np.testing.assert_allclose(got[valid], np.asarray(expected)[valid], atol=ATOL, rtol=0)
@@ -230,10 +253,17 @@ def test_a_run_directory_missing_its_files_is_named(tmp_path, tokenizer_path):
   assert not (tmp_path / "out").exists()
 
 
-def test_without_base_folder_the_base_must_be_an_hf_checkpoint(tmp_path, tokenizer_path):
+def test_without_base_folder_peft_names_the_run_s_hf_checkpoint(tmp_path, tokenizer_path,
+                                                                 hf_base):
+  run_dir = make_run(tmp_path / "hf_run", tokenizer_path, checkpoint=str(hf_base))
+  written = export_lib.export_run(run_dir, tmp_path / "out", write_base=False)
+  assert sorted(written) == ["merged", "peft"]
+  config = json.loads(pathlib.Path(written["peft"], "adapter_config.json").read_text())
+  assert config["base_model_name_or_path"] == str(hf_base)
   run_dir = make_run(tmp_path / "run", tokenizer_path)  # base: checkpoint='random'
   with pytest.raises(ValueError, match=r"run/config\.json: the run's base .*'random'"):
-    export_lib.export_run(run_dir, tmp_path / "out", write_base=False)
+    export_lib.export_run(run_dir, tmp_path / "out2", write_base=False)
+  assert not (tmp_path / "out2").exists()
 
 
 def test_job_refuses_a_bad_config():
