@@ -19,13 +19,13 @@ import jax
 import ml_collections
 
 from alignment import lora as lora_lib
+from alignment.checkpoints import huggingface
 from alignment.data import mixtures, pipeline, sources
 from alignment.jobs import common
 from alignment.schema import from_section
 from alignment.sampling import Sampler
 from alignment.files import atomic
 from alignment.training import distributed, losses, run_lock
-from alignment.checkpoints.huggingface import save_safetensors
 
 log = logging.getLogger(__name__)
 
@@ -113,10 +113,10 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   outputs: dict[str, Any] = {}
   if distributed.is_primary():
     outputs.update(common.save_lora(workdir, final_state.params, lcfg))
-    if config.export_merged:
-      outputs["merged_model"] = str(save_safetensors(
+    if config.export_merged:  # a LoRA run can also be exported later by configs/export.py
+      outputs["merged_model"] = str(huggingface.save_safetensors(
           cfg.replace(dtype="float32"), jax.device_get(merge(final_state.params)),
-          workdir / "merged_hf"))
+          workdir / "merged_hf", tokenizer=tokenizer))
     summary = {"train": result.summary, "evaluations": history, "outputs": outputs,
                "train_examples": len(train_examples), "eval_examples": len(eval_examples),
                "tokenize": dataclasses.asdict(batches.stats) if batches.stats else None}

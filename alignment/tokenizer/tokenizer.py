@@ -77,6 +77,10 @@ class Tokenizer:
     return self._sp.eos_id()
 
   @property
+  def unk_id(self) -> int:
+    return self._sp.unk_id()
+
+  @property
   def pad_id(self) -> int:
     """-1 when the model defines no padding piece (SentencePiece's convention)."""
     return self._sp.pad_id()
