@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from alignment import schema
 from alignment import lora as lora_lib
 from alignment import model as M
 from alignment.checkpoints import export as export_lib
@@ -79,12 +80,12 @@ def make_run(run_dir: pathlib.Path, tokenizer_path: pathlib.Path, targets: str =
   config.model.tokenizer = str(tokenizer_path)
   config.model.adapters = start_adapters
   if targets:
-    config.lora.targets = targets
+    config.lora.targets = schema.names(targets)
   run_dir.mkdir(parents=True)
   (run_dir / "config.json").write_text(config.to_json_best_effort(indent=2))
   cfg = M.get_config(config.model.preset, vocab_size=TOKENIZER_VOCAB)
   lcfg = lora_lib.LoraConfig(rank=config.lora.rank, alpha=config.lora.alpha,
-                             targets=tuple(config.lora.targets.split(",")))
+                             targets=schema.names(config.lora.targets))
   shapes = jax.eval_shape(lambda: lora_lib.init_adapters(cfg, lcfg, jax.random.key(0)))
   rng = np.random.default_rng(seed)  # numpy: no kernel to compile per shape
   adapters = jax.tree.map(lambda x: 0.3 * rng.standard_normal(x.shape, np.float32), shapes)
