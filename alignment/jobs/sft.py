@@ -84,7 +84,8 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   eval_pipe = dataclasses.replace(pipe, shuffle=False, num_epochs=1, packing=False)
 
   example = pipeline.example_sft_batch(pipe)
-  loss_fn = losses.sft_loss_fn(cfg, lcfg, config.lora.unmerged, config.train.logits_chunk)
+  loss_fn = losses.sft_loss_fn(cfg, lcfg, config.lora.unmerged, config.train.logits_chunk,
+                               config.train.get("loss_positions", 0))
   trainer = common.make_trainer(config, trainable, loss_fn, state_rng, mesh)
   eval_fn = losses.sft_eval_fn(cfg, lcfg)
   prompts = [p.strip() for p in config.eval.prompts.split("|") if p.strip()]
