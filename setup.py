@@ -36,7 +36,8 @@ setup(
     ],
     extras_require={
         # Reference implementations used only by parity tests; never imported by the library.
-        "test": ["pytest>=8", "transformers>=4.50", "accelerate>=0.30"],
+        # peft: the export job's PEFT adapters are loaded by peft itself (tests/test_export.py).
+        "test": ["pytest>=8", "transformers>=4.50", "accelerate>=0.30", "peft>=0.13"],
         # TPU VMs, and ahead-of-time compilation for TPU topologies from a CPU machine.
         # Not for CPU-only environments: with libtpu present every `import jax` probes a TPU.
         "tpu": ["jax[tpu]"],

@@ -42,6 +42,8 @@ def get_config(preset: str | None = "paper_270m") -> ml_collections.ConfigDict:
       max_length=512, packing=True, eval_examples=200))
   c.train = sections.train(steps=1500, batch_size=32, learning_rate=3e-4, warmup_steps=50)
   c.train.logits_chunk = 0  # > 0: loss over this many positions at a time (bounds logits memory)
+  # > 0: logits only at loss positions, at most this many a batch (more: NaN loss, run stops)
+  c.train.loss_positions = 0
   c.eval = ml_collections.ConfigDict(dict(
       every=250, batches=8,  # held-out loss every N steps over this many batches
       prompts=("Give three tips for staying healthy.|"

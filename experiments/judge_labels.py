@@ -28,7 +28,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from alignment.data.readers import DataError, read_jsonl, require
-from alignment.evaluation import refusal, stats
+from alignment.evaluation import stats
+from alignment.judges import refusal
 from experiments import reproduction_report
 
 SPLITS = ("tune", "held_out")

@@ -25,7 +25,7 @@ import numpy as np
 from absl import app
 from absl import flags
 
-from alignment.evaluation import refusal, stats
+from alignment.evaluation import stats
 from alignment.evaluation.records import AnswerRecord, read_answers
 from experiments import reproduction_report as grid_report
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import pathlib
 import shlex
 import time
@@ -39,6 +38,7 @@ from absl import app
 from absl import flags
 
 from experiments import sweep
+from experiments.commands import subprocess_env
 
 EVAL_SUBDIR = "eval"
 
@@ -154,14 +154,6 @@ def plan(points: Sequence[dict[str, Any]], workdir: pathlib.Path, *, sft_config:
                                                       eval_overrides)))
   steps_todo.append(("report", report_command(workdir)))
   return steps_todo
-
-
-def subprocess_env(workdir: pathlib.Path) -> dict[str, str]:
-  """This environment plus a persistent compilation cache shared by every step."""
-  env = dict(os.environ)
-  env.setdefault("JAX_COMPILATION_CACHE_DIR", str(workdir / "jax_cache"))
-  env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-  return env
 
 
 def record_timing(workdir: pathlib.Path, what: str, seconds: float) -> None:

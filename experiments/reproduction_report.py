@@ -31,7 +31,8 @@ import pathlib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from alignment.evaluation import refusal, stats
+from alignment.evaluation import stats
+from alignment.judges import refusal
 from alignment.evaluation.records import AnswerRecord, read_answers
 
 ANSWERS = "answers.jsonl"

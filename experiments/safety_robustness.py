@@ -12,7 +12,8 @@ Conditions, each evaluated by the evaluate job (configs/evaluate.py) into `<work
                    (`alignment.quantization.quantize_params`, the evaluate job's `quantize`)
 The continued fine-tuning starts from the start run's merged weights (`<workdir>/start_merged`,
 safetensors + tokenizer.model) with fresh LoRA adapters and a constant learning rate; each step
-count is its own run from the start point. Every job is driven through its `run(config)`;
+count is its own run from the start point. Every job runs as its own command
+(`experiments/commands.run_job`: `python -m alignment.main` with the config's overrides);
 a training run or evaluation whose result.json exists is skipped, so a rerun resumes. The
 report (`<workdir>/safety_robustness.{md,json,png}`) is rebuilt from every condition's
 answers.jsonl.
@@ -35,14 +36,16 @@ import ml_collections
 
 from alignment.data import sources
 from alignment.evaluation import report as report_lib
-from alignment.evaluation.records import AnswerRecord, read_answers
+from alignment.evaluation import model_source
+from alignment.evaluation import sets as eval_sets
+from alignment.evaluation.records import ANSWERS_FILE, AnswerRecord, read_answers
 from alignment.evaluation.scorers import HARMFULNESS
-from alignment.jobs import evaluate as evaluate_job
-from alignment.jobs import sft as sft_job
 from configs import evaluate as evaluate_config
+from experiments.commands import run_job
 from configs import sft as sft_config
 
 RESULT = "result.json"
+SFT, EVALUATE = "configs/sft.py", "configs/evaluate.py"
 MERGED = "start_merged"
 KINDS = ("start", "benign", "harmful", "int8", "int4")
 QUANTIZE = ("int8", "int4")
@@ -128,7 +131,7 @@ def check(settings: Settings) -> None:
       raise ValueError(f"{field} must be >= 1, got {getattr(settings, field)}")
   if settings.benign_steps and settings.num_benign < 1:
     raise ValueError("num_benign must be >= 1 when benign_steps are set")
-  evaluate_job.parse_sets(settings.sets)
+  eval_sets.parse_sets(settings.sets)
   if settings.start_run:
     run = pathlib.Path(settings.start_run)
     if not (run / RESULT).is_file() or not (run / "config.json").is_file():
@@ -230,9 +233,8 @@ def export_merged(settings: Settings, start: pathlib.Path, out: pathlib.Path) ->
   import jax  # pylint: disable=import-outside-toplevel
   from alignment.checkpoints.huggingface import save_safetensors  # pylint: disable=import-outside-toplevel
   from alignment.quantization import quantized_size  # pylint: disable=import-outside-toplevel
-  source = evaluate_job.resolve_model(ml_collections.ConfigDict(dict(
-      model=dict(evaluate_config.get_config().model), adapters="", run_dir=str(start))))
-  cfg, params, tokenizer = evaluate_job.load_params(source)
+  source = model_source.resolve_model(evaluate_config.get_config().model, run_dir=str(start))
+  cfg, params, tokenizer = model_source.load_params(source)
   save_safetensors(cfg.replace(dtype="float32"), jax.device_get(params), out)
   (out / "tokenizer.model").write_bytes(tokenizer.serialized_proto())
   sizes = {s: dataclasses.asdict(quantized_size(params, s)) for s in ("none", *QUANTIZE)}
@@ -258,7 +260,8 @@ def run_experiment(settings: Settings, workdir: str | pathlib.Path,
     return out
 
   if not is_finished(start):
-    step("train start", sft_job.run, start_config(settings, workdir / "start"))
+    step("train start", run_job, SFT, settings.sft_preset, start_config(settings, workdir / "start"),
+         workdir)
   conds = conditions(settings, workdir)
   merged = workdir / MERGED
   if not (merged / "quantized_size.json").is_file():
@@ -268,8 +271,10 @@ def run_experiment(settings: Settings, workdir: str | pathlib.Path,
       log(f"[safety_robustness] {cond.name}: finished, skipped")
       continue
     if cond.train_dir is not None and not is_finished(cond.train_dir):
-      step(f"train {cond.name}", sft_job.run, continuation_config(settings, cond, merged))
-    step(f"evaluate {cond.name}", evaluate_job.run, eval_config(settings, cond, start))
+      step(f"train {cond.name}", run_job, SFT, settings.sft_preset,
+           continuation_config(settings, cond, merged), workdir)
+    step(f"evaluate {cond.name}", run_job, EVALUATE, settings.eval_preset,
+         eval_config(settings, cond, start), workdir)
   paths = write_report(workdir, conds, json.loads((merged / "quantized_size.json").read_text()))
   timing = workdir / "seconds.json"
   previous = json.loads(timing.read_text()) if timing.is_file() else {}
@@ -306,7 +311,7 @@ def condition_metrics(records: Sequence[AnswerRecord]) -> dict[str, Any]:
 def gather(conds: Sequence[Condition]) -> list[tuple[Condition, dict[str, Any]]]:
   out = []
   for cond in conds:
-    path = cond.eval_dir / evaluate_job.ANSWERS_FILE
+    path = cond.eval_dir / ANSWERS_FILE
     if not is_finished(cond.eval_dir) or not path.is_file():
       continue
     out.append((cond, condition_metrics(read_answers(path))))

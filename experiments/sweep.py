@@ -6,7 +6,9 @@ A grid maps config keys to value lists, e.g. the Safety-Tuned LLaMAs grid
 Each point becomes one run with its own work directory; a run whose directory holds
 a complete `result.json` (a job writes it last, atomically, once everything else is saved) and
 a config.json matching the point is skipped, so a sweep can be restarted after an
-interruption. `--mode=local` runs the points one after another here, `--mode=print` prints one
+interruption. `--mode=local` runs the points one after another here (a point that ends
+preempted, exit 143 with summary status "preempted", is rerun on the same command up to
+`--max_restarts` times: it resumes from the checkpoint it saved), `--mode=print` prints one
 command per run, `--mode=tpu` prints one launch command per run.
 
   python -m experiments.sweep --config=configs/sft.py:paper_270m --mode=print
@@ -18,12 +20,13 @@ import itertools
 import json
 import pathlib
 import shlex
-import subprocess
 import sys
 from typing import Any, Sequence
 
 from absl import app
 from absl import flags
+
+from launch import restart, tpu_vm
 
 PAPER_GRID: dict[str, list[Any]] = {
     "data.num_safety": [0, 100, 300, 500, 1000, 1500, 2000],
@@ -42,6 +45,8 @@ def define_flags() -> None:
   flags.DEFINE_string("overrides", "", "Extra --config.* flags for every run.")
   flags.DEFINE_string("tpu_name", "alignment-sweep", "TPU VM for --mode=tpu.")
   flags.DEFINE_string("tpu_zone", "us-west4-a", "Zone for --mode=tpu.")
+  flags.DEFINE_integer("max_restarts", restart.DEFAULT_MAX_RESTARTS,
+                       "--mode=local: reruns of a point that ended preempted.")
 
 
 def expand_grid(grid: dict[str, Sequence[Any]]) -> list[dict[str, Any]]:
@@ -141,14 +146,13 @@ def main(argv: Sequence[str]) -> None:
     if flags.FLAGS.mode == "print":
       print(shlex.join(cmd))
     elif flags.FLAGS.mode == "tpu":
-      from launch import tpu_vm  # pylint: disable=import-outside-toplevel
       overrides = " ".join(shlex.quote(c) for c in cmd[4:])
       for launch in tpu_vm.build_commands(["run"], name=flags.FLAGS.tpu_name, zone=flags.FLAGS.tpu_zone,
                                           config=flags.FLAGS.config, overrides=overrides):
         print(shlex.join(launch))
     else:
       print(f"[{i}/{len(todo)}] {run_name(point)}", flush=True)
-      subprocess.run(cmd, check=True)
+      restart.check_run(cmd, flags.FLAGS.max_restarts, workdir=workdir / run_name(point))
 
 
 if __name__ == "__main__":

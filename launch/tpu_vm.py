@@ -7,6 +7,10 @@ Steps, each one `gcloud compute tpus tpu-vm ...` command run on every worker of 
   run     -> `python -m alignment.main --config=...` on all workers at once (multi-host:
              set --config.distributed.initialize=True so each host joins the job)
   delete  -> release the VM
+A `run` that ends preempted (exit 143: the job saved at SIGTERM and can resume) is started
+again with the same command, up to `--max_restarts` times (`launch/restart.py`); this relies
+on `gcloud ... ssh` returning the remote exit status. A slice that was itself deleted needs
+`create,copy,install` again first.
 `--dry_run` prints every command instead of running it (that is how the tests check them).
 
   python -m launch.tpu_vm --name=safety-sweep --zone=us-west4-a \
@@ -23,6 +27,8 @@ from typing import Sequence
 from absl import app
 from absl import flags
 
+from launch import restart
+
 STEPS = ("create", "copy", "install", "run", "delete")
 
 def define_flags() -> None:
@@ -38,6 +44,8 @@ def define_flags() -> None:
   flags.DEFINE_string("overrides", "", "Extra --config.* flags for `run`.")
   flags.DEFINE_string("remote_dir", "~/alignment", "Checkout dir on workers.")
   flags.DEFINE_bool("dry_run", False, "Print the commands instead of running them.")
+  flags.DEFINE_integer("max_restarts", restart.DEFAULT_MAX_RESTARTS,
+                       "Reruns of a `run` step that ended preempted (exit 143).")
 
 
 def _gcloud(verb: str, name: str, zone: str, project: str | None, *extra: str) -> list[str]:
@@ -87,6 +95,11 @@ def build_commands(steps: Sequence[str], *, name: str, zone: str, project: str |
   return commands
 
 
+def is_run_step(cmd: Sequence[str]) -> bool:
+  """Whether `cmd` (of `build_commands`) is the training run, the one step that resumes."""
+  return any(part.startswith("--command=") and "alignment.main" in part for part in cmd)
+
+
 def main(argv: Sequence[str]) -> None:
   del argv
   if not flags.FLAGS.name or not flags.FLAGS.zone:
@@ -97,7 +110,11 @@ def main(argv: Sequence[str]) -> None:
       config=flags.FLAGS.config, overrides=flags.FLAGS.overrides, remote_dir=flags.FLAGS.remote_dir)
   for cmd in commands:
     print(shlex.join(cmd), flush=True)
-    if not flags.FLAGS.dry_run:
+    if flags.FLAGS.dry_run:
+      continue
+    if is_run_step(cmd):
+      restart.check_run(cmd, flags.FLAGS.max_restarts)
+    else:
       subprocess.run(cmd, check=True)
 
 

@@ -10,7 +10,9 @@ import pytest
 from alignment import lora as lora_lib
 from alignment.checkpoints.loading import load_model
 from alignment.data import sources
-from alignment.evaluation import generation, records, refusal, scorers
+from alignment.evaluation import generation, records, scorers
+from alignment.judges import refusal
+from alignment.evaluation.model_source import resolve_model
 from alignment.jobs import evaluate
 from alignment.prompts.templates import ALPACA
 from alignment.sampling import Sampler
@@ -104,7 +106,7 @@ def test_evaluate_writes_one_scored_record_per_prompt(tmp_path, tokenizer_path, 
 def test_run_dir_errors(tmp_path, tokenizer_path, sft_run):
   run_dir, _ = sft_run
   config = tiny_config(tmp_path, tokenizer_path, run_dir=str(run_dir))
-  source = evaluate.resolve_model(config)
+  source = resolve_model(config.model, config.adapters, config.run_dir)
   assert source.adapters == str(run_dir / "adapters.npz")
   assert source.run_config["data"]["num_safety"] == 300
   unfinished = tmp_path / "unfinished"
@@ -112,10 +114,10 @@ def test_run_dir_errors(tmp_path, tokenizer_path, sft_run):
   (unfinished / "config.json").write_text((run_dir / "config.json").read_text())
   config.run_dir = str(unfinished)
   with pytest.raises(FileNotFoundError, match="neither adapters.npz"):
-    evaluate.resolve_model(config)
+    resolve_model(config.model, config.adapters, config.run_dir)
   config.run_dir = str(tmp_path / "nowhere")
   with pytest.raises(FileNotFoundError, match="config.json not found"):
-    evaluate.resolve_model(config)
+    resolve_model(config.model, config.adapters, config.run_dir)
 
 
 def test_bad_config_gives_clear_errors(tmp_path, tokenizer_path):
@@ -275,7 +277,6 @@ def test_quantize_round_trips_the_merged_weights(tmp_path, tokenizer_path, sft_r
                                                  monkeypatch):
   """Wiring: the job hands the adapter-merged weights to quantize_params and samples with what
   it returns. A stand-in replaces the real scheme so the test checks the job, not the rounding."""
-  from alignment import quantization
   run_dir, (cfg, params, merged, tokenizer) = sft_run
   calls = []
 
@@ -283,7 +284,7 @@ def test_quantize_round_trips_the_merged_weights(tmp_path, tokenizer_path, sft_r
     calls.append((tree, scheme))
     return jax.tree.map(lambda x: jnp.round(x * 4) / 4, tree)  # a coarse grid, same structure
 
-  monkeypatch.setattr(quantization, "quantize_params", fake_quantize)
+  monkeypatch.setattr(evaluate, "quantize_params", fake_quantize)
   config = tiny_config(tmp_path, tokenizer_path, run_dir=str(run_dir), quantize="int8",
                        sets="malicious_instructions")
   out = evaluate.run(config)

@@ -5,7 +5,8 @@ import json
 import pytest
 
 from alignment.data.readers import DataError
-from alignment.evaluation import refusal, stats
+from alignment.evaluation import stats
+from alignment.judges import refusal
 from experiments import judge_labels
 from test_reproduction import COMPLY, REFUSE, fake_run
 

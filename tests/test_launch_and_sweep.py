@@ -1,14 +1,18 @@
 """Launch scripts and the sweep runner, exercised through their dry-run outputs."""
 
 import json
+import os
 import pathlib
+import signal
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
 from experiments import sweep
-from launch import tpu_vm
+from launch import restart, tpu_vm
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -88,3 +92,104 @@ def test_sweep_cli_print_mode_skips_finished(tmp_path):
   assert escape.returncode != 0 and escape.stdout == ""
   assert "data.safety_format='../../x'" in escape.stderr and "'/' or '..'" in escape.stderr
   assert sorted(p.name for p in tmp_path.iterdir()) == [finished.name]  # nothing made
+
+
+# A small resumable job: 30 steps of a deterministic recurrence, a checkpoint after every
+# step. SIGTERM is handled as alignment.main does it: at the end of the running step it saves,
+# writes summary.json {"status": "preempted"} and exits 143. argv: workdir, mode ('train';
+# 'fail': exit 1 at once; 'exit143': exit 143 with no summary; 'die': let SIGTERM kill it).
+RESUMABLE = """
+import json, os, pathlib, signal, sys, time
+from alignment.files import atomic
+workdir, mode = pathlib.Path(sys.argv[1]), sys.argv[2]
+with open(workdir / "starts", "a") as f:
+  f.write(f"{os.getpid()}\\n")
+if mode == "fail":
+  sys.exit(1)
+if mode == "exit143":
+  sys.exit(143)
+stop = []
+if mode != "die":
+  signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+ckpt = workdir / "ckpt.json"
+state = json.loads(ckpt.read_text()) if ckpt.exists() else {"step": 0, "x": 1}
+while state["step"] < 30:
+  state = {"step": state["step"] + 1, "x": (state["x"] * 6364136223846793005 + 1) % 2**61}
+  atomic.write_json(ckpt, state)
+  time.sleep(0.05)
+  if stop:
+    atomic.write_json(workdir / "summary.json", {"status": "preempted", "step": state["step"]})
+    sys.exit(143)
+atomic.write_json(workdir / "result.json", state)
+"""
+
+
+def resumable(workdir, mode="train"):
+  workdir.mkdir(parents=True, exist_ok=True)
+  return [sys.executable, "-c", RESUMABLE, str(workdir), mode]
+
+
+def child_env():
+  return {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+
+
+def starts(workdir):
+  return (workdir / "starts").read_text().split()
+
+
+@pytest.mark.parametrize("mode, stop", [("train", signal.SIGTERM), ("die", signal.SIGTERM),
+                                        ("train", signal.SIGKILL)])
+def test_a_preempted_run_is_restarted_and_ends_as_an_uninterrupted_one(tmp_path, mode, stop):
+  assert restart.run(resumable(tmp_path / "plain"), env=child_env()) == 0
+  expected = json.loads((tmp_path / "plain" / "result.json").read_text())
+  assert expected["step"] == 30
+
+  workdir = tmp_path / "stopped"
+  outcome = []
+  # 'train' handles SIGTERM (saves, summary "preempted", exit 143; checked in the workdir);
+  # 'die' is killed by it (return code -15). Both are preemptions: rerun on the same command.
+  launcher = threading.Thread(target=lambda: outcome.append(restart.run(
+      resumable(workdir, mode), max_restarts=2, workdir=workdir if mode == "train" else None,
+      env=child_env())))
+  launcher.start()
+  deadline = time.time() + 60
+  while not (workdir / "ckpt.json").exists() or json.loads(
+      (workdir / "ckpt.json").read_text())["step"] < 5:
+    assert launcher.is_alive() and time.time() < deadline
+    time.sleep(0.02)
+  os.kill(int(starts(workdir)[0]), stop)
+  launcher.join(timeout=60)
+  if stop == signal.SIGKILL:  # a crash (OOM killer, kill -9), not a preemption: not rerun
+    assert outcome == [-signal.SIGKILL] and len(starts(workdir)) == 1
+    assert not (workdir / "result.json").exists()
+    return
+  assert outcome == [0]
+  assert len(starts(workdir)) == 2  # one restart, on the same command
+  if mode == "train":
+    stopped = json.loads((workdir / "summary.json").read_text())
+    assert stopped["status"] == "preempted" and 5 <= stopped["step"] < 30
+  assert json.loads((workdir / "result.json").read_text()) == expected
+
+
+def test_only_preemptions_are_restarted_and_only_max_restarts_times(tmp_path):
+  env = child_env()
+  failing = tmp_path / "fail"
+  assert restart.run(resumable(failing, "fail"), max_restarts=3, env=env) == 1
+  assert len(starts(failing)) == 1  # a crash or bad config is never rerun
+  with pytest.raises(subprocess.CalledProcessError):
+    restart.check_run(resumable(failing, "fail"), env=env)
+  # Exit 143 without a "preempted" summary in the workdir: not the job's preemption.
+  other = tmp_path / "exit143"
+  assert restart.run(resumable(other, "exit143"), max_restarts=3, workdir=other, env=env) == 143
+  assert len(starts(other)) == 1
+  # Preempted every time: the first run and max_restarts reruns, then its code is returned.
+  always = tmp_path / "always"
+  assert restart.run(resumable(always, "exit143"), max_restarts=2, env=env) == 143
+  assert len(starts(always)) == 3
+  assert restart.preempted(-signal.SIGTERM) and restart.preempted(143)
+  assert not restart.preempted(130) and not restart.preempted(1) and not restart.preempted(0)
+  with pytest.raises(ValueError, match="max_restarts=-1"):
+    restart.run(["true"], max_restarts=-1)
+  run = [c for c in tpu_vm.build_commands(["copy", "run"], name="vm", zone="z")
+         if tpu_vm.is_run_step(c)]
+  assert len(run) == 1 and "alignment.main" in run[0][-1]  # only `run` is restarted

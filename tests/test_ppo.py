@@ -17,7 +17,7 @@ from alignment.prompts import get_template
 from alignment.rl import advantages as adv_lib
 from alignment.rl import kl as kl_lib
 from alignment.rl import ppo
-from alignment.rl.roles import Rollouts, TokenFractionReward
+from alignment.rl.rewards import Rollouts, TokenFractionReward
 from alignment.sampling import SamplingParams, Sampler
 from alignment.tokenizer import Tokenizer
 from configs import ppo as ppo_config
@@ -293,7 +293,7 @@ def test_combined_reward_follows_llama2_rule_over_saved_reward_models(tiny_setup
   """Two saved RMs (tiny, random heads): CombinedReward takes the safety score on prompts from
   unsafe sources or where sigmoid(safety) < threshold, the helpfulness score elsewhere."""
   from alignment.reward.saved import save_reward_model  # pylint: disable=import-outside-toplevel
-  from alignment.rl.roles import CombinedReward, RewardModelReward
+  from alignment.rl.rewards import CombinedReward, RewardModelReward
   tokenizer = Tokenizer.from_model_file(tiny_setup["tokenizer"])
   cfg = get_config("tiny_gemma3").replace(vocab_size=tokenizer.vocab_size, num_layers=3)
   base = init_params(cfg, jax.random.key(3))

@@ -7,7 +7,7 @@ import pytest
 
 from alignment.data.readers import DataError
 from alignment.data.records import EvalPrompt
-from alignment.evaluation import refusal
+from alignment.judges import refusal
 from alignment.evaluation.records import read_answers
 from alignment.jobs import template_eval
 from alignment.prompts import ALPACA, GEMMA_CHAT

@@ -8,8 +8,9 @@ import sys
 import pytest
 
 from alignment.data.readers import DataError
-from alignment.evaluation import refusal, xstest
-from alignment.evaluation.refusal import (FULL_COMPLIANCE, FULL_REFUSAL, PARTIAL_REFUSAL,
+from alignment.evaluation import xstest
+from alignment.judges import refusal
+from alignment.judges.refusal import (FULL_COMPLIANCE, FULL_REFUSAL, PARTIAL_REFUSAL,
                                           classify_refusal)
 
 # Measured on XSTest v2's five labelled completion files (docs/REFUSAL_CLASSIFIER.md): pooled

@@ -377,3 +377,90 @@ def test_a_modified_data_file_is_reported_and_digests_are_cached(data_dir, tmp_p
   monkeypatch.setenv(integrity.ALLOW_ENV, "1")
   sources.load("malicious_instructions", root)
   assert caplog.records and all(r.levelno == logging.INFO for r in caplog.records)
+
+
+def test_strict_data_check_refuses_a_modified_file_naming_it_and_both_digests(
+    data_dir, tmp_path, monkeypatch, caplog):
+  source = sources.get_source("malicious_instructions")
+  root = tmp_path / "data"
+  path = root / source.path
+  path.parent.mkdir(parents=True)
+  shutil.copyfile(data_dir / source.path, path)
+  monkeypatch.setenv(integrity.CACHE_ENV, str(tmp_path / "digests.json"))
+  monkeypatch.delenv(integrity.ALLOW_ENV, raising=False)
+  monkeypatch.setattr(integrity, "_MEMO", {})
+  monkeypatch.setenv(integrity.MODE_ENV, "strict")
+  rows = sources.load("malicious_instructions", root)  # the published file passes
+  published = json.loads(path.read_text())
+  path.write_text(json.dumps({**published, "instructions": published["instructions"][:-1],
+                              "tags": published["tags"][:-1]}))
+  actual = download.sha256_file(path)
+  with pytest.raises(integrity.ModifiedDataError) as error:
+    sources.load("malicious_instructions", root)
+  message = str(error.value)
+  assert str(path) in message and actual in message and source.sha256 in message
+  assert "ALIGNMENT_DATA_CHECK=strict" in message and integrity.ALLOW_ENV in message
+
+  # The switch for deliberately edited copies still works under strict: INFO, loads.
+  caplog.set_level(logging.INFO, logger=integrity.__name__)
+  monkeypatch.setenv(integrity.ALLOW_ENV, "1")
+  assert len(sources.load("malicious_instructions", root)) == len(rows) - 1
+  assert caplog.records and all(r.levelno == logging.INFO for r in caplog.records)
+
+  # off: nothing hashed, nothing said.
+  monkeypatch.delenv(integrity.ALLOW_ENV)
+  monkeypatch.setenv(integrity.MODE_ENV, "off")
+  monkeypatch.setattr(integrity, "_MEMO", {})
+  monkeypatch.setattr(download, "sha256_file", lambda p: pytest.fail(f"hashed {p}"))
+  caplog.clear()
+  assert len(sources.load("malicious_instructions", root)) == len(rows) - 1
+  assert not caplog.records
+  monkeypatch.setenv(integrity.MODE_ENV, "paranoid")
+  with pytest.raises(ValueError, match=r"\$ALIGNMENT_DATA_CHECK='paranoid': must be one of "
+                                       "warn, strict, off"):
+    sources.load("malicious_instructions", root)
+
+
+# A new run's process on argv[1]: an atomic write of its own is under way when it takes the
+# workdir's lock (which sweeps up temporaries of killed writes); then it finishes that write.
+NEXT_RUN = (
+    "import sys, logging\nlogging.basicConfig(level=logging.INFO)\n"
+    "from alignment.files import atomic\nfrom alignment.training import run_lock\n"
+    "with atomic.writing(sys.argv[1] + '/answers.jsonl') as f:\n"
+    "  f.write('{}\\n')\n"
+    "  run_lock.hold(sys.argv[1])\n"
+    "  f.write('{}\\n')\n")
+
+
+def test_temporaries_of_killed_writes_are_swept_when_a_run_takes_the_workdir(tmp_path):
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+  for target in (workdir / "result.json", workdir / "eval" / "eval.json"):
+    target.parent.mkdir(exist_ok=True)
+    atomic.write_json(target, {"train": {"status": "completed"}})
+    killed = subprocess.run([sys.executable, "-c", KILLED_MID_WRITE, str(target)], cwd=REPO,
+                            env=env, capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+  stale = sorted(workdir.rglob(".*.tmp"))
+  assert [p.name.split(".")[1] for p in stale] == ["result", "eval"]
+  # Kept: names the atomic writer never makes, and another run's directory (it has a lock).
+  kept = [workdir / ".result.json.tmp", workdir / "notes.abcdefgh.tmp",
+          workdir / "other_run" / ".result.json.abcdefgh.tmp"]
+  (workdir / "other_run").mkdir()
+  (workdir / "other_run" / run_lock.LOCK_FILE).write_text("")
+  for path in kept:
+    path.write_text("x")
+  time.sleep(1.1)  # the next run starts later (a margin of 1 s protects its own writes)
+
+  result = subprocess.run([sys.executable, "-c", NEXT_RUN, str(workdir)], cwd=REPO, env=env,
+                          capture_output=True, text=True)
+  assert result.returncode == 0, result.stderr
+  assert not any(p.exists() for p in stale)
+  assert all(p.exists() for p in kept)
+  assert "removed 2 temporary file(s) of writes killed before this run" in result.stderr
+  assert all(str(p) in result.stderr for p in stale)
+  # Its own write under way was not touched: it completed.
+  assert (workdir / "answers.jsonl").read_text() == "{}\n{}\n"
+  assert json.loads((workdir / "result.json").read_text()) == {"train": {"status": "completed"}}
+  assert sorted(workdir.rglob("*.tmp")) == sorted(kept)

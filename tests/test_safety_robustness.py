@@ -11,7 +11,7 @@ import pytest
 
 from alignment.data import mixtures, sources
 from alignment.evaluation.records import read_answers
-from alignment.evaluation.refusal import is_refusal
+from alignment.judges.refusal import is_refusal
 from alignment.evaluation.scorers import REFUSAL, get_scorer
 from experiments import safety_robustness as sr
 from tiny_sentencepiece import train_tiny_tokenizer

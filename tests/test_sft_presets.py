@@ -1,55 +1,13 @@
-"""Every SFT preset builds its mixture from the real data and its first batch at its shapes.
-
-A preset that cannot start (an empty Alpaca output in its sample, a compile-time example that
-packing folds into too few rows) fails here instead of minutes into a run. No training: the
-mixture, the tokenizer pipeline and the first batch only, with the embedded Gemma 3 tokenizer
-standing in for the 2B/7B checkpoints' own (the shapes do not depend on it).
+"""The SFT mixture's invariants on the real data: empty outputs dropped, held-out examples
+independent of K, example batches sized to the host's rows. That every SFT preset (like every
+preset of every job) builds its first batch and lowers its step is tests/test_presets_start.py.
 """
 
-import functools
-
 import numpy as np
-import pytest
 
-from alignment.checkpoints.embedded import embedded_gguf_path
 from alignment.data import mixtures, pipeline
 from alignment.jobs import sft
-from alignment.prompts.templates import get_template
-from alignment.tokenizer.tokenizer import Tokenizer
 from configs import sft as sft_config
-
-PRESETS = ("paper_270m", "gemma_2b", "gemma_7b", "demo", "laptop", "tiny")
-
-
-@functools.lru_cache(maxsize=1)
-def embedded_tokenizer() -> Tokenizer:
-  return Tokenizer.from_gguf(embedded_gguf_path())
-
-
-@pytest.mark.parametrize("preset", PRESETS)
-def test_preset_builds_its_first_batch(preset, data_dir):
-  config = sft_config.get_config(preset)
-  config.data_dir = str(data_dir)
-  if preset == "paper_270m":
-    config.data.num_safety = 300  # the paper's recipe at one of its K
-  train, held_out, report = sft.build_data(config)
-  d = config.data
-  assert report["num_base"] == d.num_base + d.eval_examples
-  assert len(held_out) == d.eval_examples and len(train) == d.num_base + report["num_safety"]
-  assert all(ex.output.strip() for ex in train + held_out)
-
-  pipe = pipeline.PipelineConfig(max_length=d.max_length, batch_size=config.train.batch_size,
-                                 packing=d.packing, seed=config.seed, skip_long_prompts=True)
-  example = pipeline.example_sft_batch(pipe)
-  with pipeline.make_batches(train, embedded_tokenizer(), get_template(d.template),
-                             pipe) as batches:
-    first = next(batches)
-  assert set(first) == set(example)
-  for key, value in first.items():
-    assert value.dtype == example[key].dtype, key
-    assert value.shape[0] == example[key].shape[0] == config.train.batch_size, key
-    assert value.shape[1] <= example[key].shape[1] == d.max_length, key
-  assert first["loss_mask"].sum() > 0
 
 
 def test_empty_outputs_are_dropped_and_counted(data_dir):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from alignment.checkpoints.embedded import embedded_gguf_path
+from alignment.checkpoints.gguf_tokenizer import tokenizer_from_gguf
 from alignment.tokenizer import Tokenizer
 
 TEXTS = [
@@ -26,7 +27,7 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def tok() -> Tokenizer:
-  return Tokenizer.from_gguf(embedded_gguf_path())
+  return tokenizer_from_gguf(embedded_gguf_path())
 
 
 @pytest.fixture(scope="module")
@@ -82,11 +83,11 @@ def test_serialized_proto_round_trip(tok):
 
 def test_from_gguf_cache(tmp_path, tok):
   path = embedded_gguf_path()
-  first = Tokenizer.from_gguf(path, cache_dir=tmp_path)
+  first = tokenizer_from_gguf(path, cache_dir=tmp_path)
   (cached,) = tmp_path.glob("*.spm.model")
   assert Tokenizer.from_model_file(cached).encode(TEXTS[1]) == tok.encode(TEXTS[1])
   cached.write_bytes(b"corrupt")  # a broken cache entry is rebuilt, not trusted
-  again = Tokenizer.from_gguf(path, cache_dir=tmp_path)
+  again = tokenizer_from_gguf(path, cache_dir=tmp_path)
   assert again.encode(TEXTS[3]) == first.encode(TEXTS[3])
   assert cached.stat().st_size > 1000
 

@@ -18,6 +18,7 @@ from alignment.data import tokenize as tok
 from alignment.data.readers import DataError
 from alignment.data.records import EvalPrompt, InstructionExample, PreferencePair
 from alignment.evaluation import records as answer_records
+from alignment.evaluation import sets
 from alignment.jobs import dpo as dpo_job
 from alignment.jobs import evaluate
 from alignment.jobs import reward as reward_job
@@ -209,7 +210,7 @@ def test_wrong_kind_of_file_for_the_job(tmp_path):
   with pytest.raises(ValueError, match="data.template: unknown prompt template 'alpacca'"):
     dpo_job.run(config)
   with pytest.raises(ValueError, match="named twice"):
-    evaluate.parse_sets(f"xstest,{write_csv(tmp_path / 'xstest.csv', ['prompt'], [['a']])}")
+    sets.parse_sets(f"xstest,{write_csv(tmp_path / 'xstest.csv', ['prompt'], [['a']])}")
 
 
 def test_rl_prompts_from_user_files(tmp_path):

@@ -12,6 +12,7 @@ from typing import Any
 
 from alignment.checkpoints.gguf import load_gguf
 from alignment.model.config import ModelConfig
+from alignment.checkpoints.gguf_tokenizer import tokenizer_from_gguf
 from alignment.tokenizer import Tokenizer
 
 
@@ -28,11 +29,11 @@ def embedded_gguf_path() -> pathlib.Path:
 
 def load_embedded_tokenizer() -> Tokenizer:
   """The Gemma 3 tokenizer rebuilt from the embedded GGUF (cached beside it)."""
-  return Tokenizer.from_gguf(embedded_gguf_path())
+  return tokenizer_from_gguf(embedded_gguf_path())
 
 
 def load_embedded(dtype: str = "float32") -> tuple[ModelConfig, dict[str, Any], Tokenizer]:
   """(config == PRESETS['gemma3_270m'], parameters in `dtype`, tokenizer) of the embedded model."""
   path = embedded_gguf_path()
   config, params = load_gguf(path, dtype=dtype, expected="gemma3_270m")
-  return config, params, Tokenizer.from_gguf(path)
+  return config, params, tokenizer_from_gguf(path)

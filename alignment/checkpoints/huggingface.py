@@ -31,6 +31,7 @@ from safetensors.numpy import save_file
 from alignment.checkpoints.validate import validate_params
 from alignment.model.config import ModelConfig
 from alignment.model.transformer import param_shapes
+from alignment.tokenizer import Tokenizer
 
 Params = Any
 PathLike = str | os.PathLike
@@ -254,17 +255,31 @@ def hf_config_to_model_config(hf_config: dict[str, Any]) -> ModelConfig:
   )
 
 
-def _token_ids(cfg: ModelConfig, family: str) -> dict[str, Any]:
-  ids: dict[str, Any] = {k: v for k, v in _TOKEN_IDS.items() if v < cfg.vocab_size}
-  if family == "gemma3" and _GEMMA3_END_OF_TURN < cfg.vocab_size:
-    ids["eos_token_id"] = [_TOKEN_IDS["eos_token_id"], _GEMMA3_END_OF_TURN]
+def _token_ids(cfg: ModelConfig, family: str, tokenizer: Tokenizer | None = None
+               ) -> dict[str, Any]:
+  """pad/eos/bos ids: the tokenizer's own when given (a small or custom vocabulary numbers
+  them differently), else Gemma's. A vocabulary with <end_of_turn> also stops on it."""
+  if tokenizer is None:
+    ids: dict[str, Any] = {k: v for k, v in _TOKEN_IDS.items() if v < cfg.vocab_size}
+    if family == "gemma3" and _GEMMA3_END_OF_TURN < cfg.vocab_size:
+      ids["eos_token_id"] = [_TOKEN_IDS["eos_token_id"], _GEMMA3_END_OF_TURN]
+    return ids
+  ids = {"bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id}
+  if tokenizer.pad_id >= 0:
+    ids["pad_token_id"] = tokenizer.pad_id
+  try:
+    ids["eos_token_id"] = [tokenizer.eos_id, tokenizer.token_id("<end_of_turn>")]
+  except KeyError:
+    pass
   return ids
 
 
 def model_config_to_hf_config(cfg: ModelConfig, family: str | None = None,
-                              dtype: str = "float32") -> dict[str, Any]:
+                              dtype: str = "float32", tokenizer: Tokenizer | None = None
+                              ) -> dict[str, Any]:
   """The transformers config.json (as a dict) of GemmaForCausalLM / Gemma2ForCausalLM /
-  Gemma3ForCausalLM for `cfg`; `family` defaults to `infer_family(cfg)`.
+  Gemma3ForCausalLM for `cfg`; `family` defaults to `infer_family(cfg)`; special token ids
+  are `tokenizer`'s when given.
 
   RoPE is written both as transformers 5 `rope_parameters` and as the legacy keys that
   transformers 4 reads.
@@ -290,7 +305,7 @@ def model_config_to_hf_config(cfg: ModelConfig, family: str | None = None,
       "use_cache": True,
       "dtype": dtype,
       "torch_dtype": dtype,
-      **_token_ids(cfg, family),
+      **_token_ids(cfg, family, tokenizer),
   }
   out["hidden_act" if family == "gemma" else "hidden_activation"] = "gelu_pytorch_tanh"
   if family == "gemma":
@@ -298,7 +313,11 @@ def model_config_to_hf_config(cfg: ModelConfig, family: str | None = None,
     out["rope_parameters"] = {"rope_type": "default", "rope_theta": cfg.rope_base_global}
     return out
   out.update(
-      query_pre_attn_scalar=cfg.query_pre_attn_scalar,
+      # transformers 5 refuses a float here (`int` field); a config read from a
+      # config.json holds it as one.
+      query_pre_attn_scalar=(int(cfg.query_pre_attn_scalar)
+                             if float(cfg.query_pre_attn_scalar).is_integer()
+                             else cfg.query_pre_attn_scalar),
       sliding_window=cfg.sliding_window_size,
       layer_types=["sliding_attention" if k == "local" else "full_attention"
                    for k in cfg.attention_types],
@@ -513,10 +532,30 @@ def _names_in(file: pathlib.Path) -> list[str]:
     return list(f.keys())
 
 
+def tokenizer_files(tokenizer: Tokenizer) -> dict[str, bytes]:
+  """The files transformers' `AutoTokenizer.from_pretrained` builds a Gemma tokenizer from:
+  the SentencePiece model itself and the special pieces under their names in it (which a
+  small or custom vocabulary spells differently from Gemma's <bos>/<eos>)."""
+  special = {"bos_token": tokenizer.piece(tokenizer.bos_id),
+             "eos_token": tokenizer.piece(tokenizer.eos_id),
+             "unk_token": tokenizer.piece(tokenizer.unk_id)}
+  if tokenizer.pad_id >= 0:
+    special["pad_token"] = tokenizer.piece(tokenizer.pad_id)
+  config = {"tokenizer_class": "GemmaTokenizer", **special, "add_bos_token": True,
+            "add_eos_token": False, "model_max_length": 1_000_000,
+            "clean_up_tokenization_spaces": False}
+  as_json = lambda content: (json.dumps(content, indent=2) + "\n").encode()
+  return {"tokenizer.model": tokenizer.serialized_proto(),
+          "tokenizer_config.json": as_json(config),
+          "special_tokens_map.json": as_json(special)}
+
+
 def save_safetensors(cfg: ModelConfig, params: Params, out_dir: PathLike,
-                     family: str | None = None, dtype: str = "float32") -> pathlib.Path:
+                     family: str | None = None, dtype: str = "float32",
+                     tokenizer: Tokenizer | None = None) -> pathlib.Path:
   """Exports `params` as config.json + model.safetensors + generation_config.json, loadable by
-  transformers' `AutoModelForCausalLM.from_pretrained(out_dir)`.
+  transformers' `AutoModelForCausalLM.from_pretrained(out_dir)`; with `tokenizer`, also its
+  files (`tokenizer_files`), loadable by `AutoTokenizer.from_pretrained(out_dir)`.
 
   The export is written to a temporary directory beside `out_dir` and renamed into place, so
   an interrupted export never leaves a half-written checkpoint at `out_dir`; an existing
@@ -529,8 +568,11 @@ def save_safetensors(cfg: ModelConfig, params: Params, out_dir: PathLike,
   host = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), params)
   tensors = {name: np.ascontiguousarray(value.astype(np_dtype))
              for name, value in _to_hf(cfg, host, family).items()}
-  hf_config = model_config_to_hf_config(cfg, family, dtype=str(np_dtype))
-  generation = {**_token_ids(cfg, family), "_from_model_config": True}
+  if tokenizer is not None and tokenizer.vocab_size > cfg.vocab_size:
+    raise ValueError(f"tokenizer {tokenizer.source} has {tokenizer.vocab_size} pieces but the "
+                     f"model's vocabulary holds {cfg.vocab_size}")
+  hf_config = model_config_to_hf_config(cfg, family, dtype=str(np_dtype), tokenizer=tokenizer)
+  generation = {**_token_ids(cfg, family, tokenizer), "_from_model_config": True}
 
   out = pathlib.Path(out_dir).absolute()
   out.parent.mkdir(parents=True, exist_ok=True)
@@ -541,6 +583,8 @@ def save_safetensors(cfg: ModelConfig, params: Params, out_dir: PathLike,
       with open(tmp / name, "w") as f:
         json.dump(content, f, indent=2)
         f.write("\n")
+    for name, data in (tokenizer_files(tokenizer) if tokenizer is not None else {}).items():
+      (tmp / name).write_bytes(data)
     if out.exists():
       old = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
       os.replace(out, old / out.name)

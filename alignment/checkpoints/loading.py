@@ -25,8 +25,13 @@ from alignment import lora as lora_lib
 from alignment.checkpoints.validate import check_finite
 from alignment.model.config import ModelConfig, get_config
 from alignment.model.transformer import init_params
+from alignment.checkpoints.gguf_tokenizer import tokenizer_from_gguf
 from alignment.tokenizer import Tokenizer
 from alignment.tokenizer import tiny as tiny_tokenizer
+from alignment.checkpoints.embedded import load_embedded
+from alignment.checkpoints.gguf import load_gguf
+from alignment.checkpoints.huggingface import load_safetensors
+from alignment.checkpoints.flax_gemma import load_flax_gemma
 
 
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
@@ -54,7 +59,6 @@ def load_model(model_config: Any) -> tuple[ModelConfig, Any, Tokenizer | None]:
   check_dtype(dtype)
   tokenizer = None
   if checkpoint == "embedded":
-    from alignment.checkpoints.embedded import load_embedded  # pylint: disable=import-outside-toplevel
     cfg, params, tokenizer = load_embedded("float32")
   elif checkpoint == "random":
     cfg = get_config(preset)
@@ -67,14 +71,11 @@ def load_model(model_config: Any) -> tuple[ModelConfig, Any, Tokenizer | None]:
     if not path.exists():
       raise FileNotFoundError(f"model checkpoint {path} does not exist (config model.checkpoint)")
     if path.suffix == ".gguf":
-      from alignment.checkpoints.gguf import load_gguf  # pylint: disable=import-outside-toplevel
       cfg, params = load_gguf(path, expected=None)
-      tokenizer = Tokenizer.from_gguf(path)
+      tokenizer = tokenizer_from_gguf(path)
     elif (path / "config.json").exists():
-      from alignment.checkpoints.huggingface import load_safetensors  # pylint: disable=import-outside-toplevel
       cfg, params = load_safetensors(path)
     else:
-      from alignment.checkpoints.flax_gemma import load_flax_gemma  # pylint: disable=import-outside-toplevel
       cfg, params = load_flax_gemma(path)
     if tokenizer is None and (path / "tokenizer.model").exists():
       tokenizer = Tokenizer.from_model_file(path / "tokenizer.model")

@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from alignment.data.records import EvalPrompt, InstructionExample
+from alignment.data import sources
 
 _NON_WORD = re.compile(r"[\W_]+", re.UNICODE)
 _ESTIMATE_MARGIN = 0.15
@@ -458,7 +459,6 @@ def write_report(report: HygieneReport, out_dir: str | pathlib.Path) -> tuple[pa
 def _main(argv: Sequence[str]) -> None:
   del argv
   from absl import flags, logging  # pylint: disable=g-import-not-at-top
-  from alignment.data import sources  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
   cfg = HygieneConfig(near_dup_threshold=f.near_dup_threshold, shingle_size=f.shingle_size,
                       num_perm=f.num_perm, lsh_bands=f.lsh_bands, overlap_ngram=f.overlap_ngram,
@@ -480,7 +480,6 @@ def _main(argv: Sequence[str]) -> None:
 
 def main() -> None:
   from absl import app, flags  # pylint: disable=g-import-not-at-top
-  from alignment.data import sources  # pylint: disable=g-import-not-at-top
   d = HygieneConfig()
   flags.DEFINE_string("data_dir", None, "data directory (default: $ALIGNMENT_DATA_DIR)")
   flags.DEFINE_string("out", None, "directory for hygiene_report.{json,md}", required=True)

@@ -3,9 +3,10 @@
 A run's numbers are only comparable with another's if both read the same bytes; a file
 edited in place (a hand fix, a re-export, a partial copy) changes them silently. `check`
 compares a file's sha256 with its source's registered one and logs a warning naming the
-file, the expected and the actual digest when they differ. Set
-`ALIGNMENT_ALLOW_MODIFIED_DATA=1` for data modified on purpose: the difference is then
-logged at INFO only.
+file, the expected and the actual digest when they differ. `ALIGNMENT_DATA_CHECK` says what
+a difference does: `warn` (default) logs it, `strict` refuses the file (`ModifiedDataError`),
+`off` skips the check (nothing hashed). Set `ALIGNMENT_ALLOW_MODIFIED_DATA=1` for data
+modified on purpose: the difference is then logged at INFO only, in every mode.
 
 Hashing is done once per file version: digests are cached by (path, size, mtime) in a small
 JSON file (`ALIGNMENT_DIGEST_CACHE`, default `~/.cache/alignment/data_digests.json`) and in
@@ -26,6 +27,12 @@ log = logging.getLogger(__name__)
 
 ALLOW_ENV = "ALIGNMENT_ALLOW_MODIFIED_DATA"
 CACHE_ENV = "ALIGNMENT_DIGEST_CACHE"
+MODE_ENV = "ALIGNMENT_DATA_CHECK"
+MODES = ("warn", "strict", "off")
+
+
+class ModifiedDataError(ValueError):
+  """A data file differs from its registered sha256 under ALIGNMENT_DATA_CHECK=strict."""
 
 # {resolved path: (size, mtime_ns, sha256)} of this process; the JSON cache holds the same.
 _MEMO: dict[str, tuple[int, int, str]] = {}
@@ -75,12 +82,31 @@ def allowed_modified() -> bool:
   return os.environ.get(ALLOW_ENV, "").strip().lower() in ("1", "true", "yes")
 
 
+def mode() -> str:
+  """ALIGNMENT_DATA_CHECK: 'warn' (unset or empty), 'strict' or 'off'."""
+  value = os.environ.get(MODE_ENV, "").strip().lower() or "warn"
+  if value not in MODES:
+    raise ValueError(f"${MODE_ENV}={os.environ[MODE_ENV]!r}: must be one of "
+                     f"{', '.join(MODES)}")
+  return value
+
+
 def check(name: str, path: pathlib.Path, expected: str) -> bool:
-  """Whether `path` (source `name`) has its registered sha256; warns (once per file version
-  and process) when it does not, unless ALIGNMENT_ALLOW_MODIFIED_DATA=1."""
+  """Whether `path` (source `name`) has its registered sha256. When it does not: under
+  ALIGNMENT_DATA_CHECK=strict raises ModifiedDataError naming the file and both digests,
+  else warns (once per file version and process); ALIGNMENT_ALLOW_MODIFIED_DATA=1 turns
+  either into an INFO line. ALIGNMENT_DATA_CHECK=off returns True without hashing."""
+  current = mode()
+  if current == "off":
+    return True
   actual = sha256(path)
   if actual == expected:
     return True
+  if current == "strict" and not allowed_modified():
+    raise ModifiedDataError(
+        f"data source {name!r}: {path} was modified: sha256 {actual}, registered {expected}; "
+        f"refused because ${MODE_ENV}=strict (restore the published file, or set "
+        f"{ALLOW_ENV}=1 if this copy is edited on purpose)")
   if (str(path), actual) not in _WARNED:
     _WARNED.add((str(path), actual))
     level = logging.INFO if allowed_modified() else logging.WARNING

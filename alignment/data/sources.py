@@ -24,6 +24,7 @@ from alignment.data import integrity, readers, transcripts, user_files
 from alignment.data.readers import DataError, require
 from alignment.data.records import EvalPrompt, InstructionExample, PreferencePair
 from alignment.data.transcripts import split_transcripts
+from alignment.judges.refusal import is_refusal
 
 DATA_DIR_ENV = "ALIGNMENT_DATA_DIR"
 OFFLINE_ENV = "ALIGNMENT_OFFLINE"  # "1": never download; a missing file is an error
@@ -288,7 +289,6 @@ def harmful_compliance(data_dir: str | os.PathLike | None = None, **locate_kwarg
   are merely unhelpful; and Q-Harm is drawn from the same data, so train with
   `remove_eval_overlap` (the SFT config's default).
   """
-  from alignment.evaluation.refusal import is_refusal  # pylint: disable=import-outside-toplevel
   out = []
   for pair in load("hh_harmless", data_dir, **locate_kwargs):
     if pair.prompt.count(_HUMAN) != 1 or pair.prompt.count(_ASSISTANT) != 1:

@@ -33,6 +33,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from alignment import schema
 from alignment.data.records import EvalPrompt
 from alignment.prompts.templates import PromptTemplate
 
@@ -206,7 +207,7 @@ def parse_attacks(spec: str) -> list[str]:
 
   An unknown or repeated name is a ValueError listing the known ones.
   """
-  names = [s.strip() for s in spec.split(",") if s.strip()]
+  names = list(schema.names(spec))
   if names == ["all"]:
     return list(ATTACKS)
   for name in names:

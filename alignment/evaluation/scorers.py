@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
-from alignment.evaluation import refusal
+from alignment.judges import refusal
 from alignment.evaluation.records import AnswerRecord
 
 Scorer = Callable[[Sequence[AnswerRecord]], list[float | None]]

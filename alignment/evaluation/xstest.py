@@ -26,10 +26,13 @@ from collections.abc import Callable, Iterable, Sequence
 from alignment.data import readers
 from alignment.data.readers import DataError
 from alignment.data.sources import resolve_data_dir
-from alignment.evaluation import refusal
+from alignment.judges import refusal
 from alignment.evaluation.records import AnswerRecord
 from alignment.evaluation.scorers import REFUSAL, refusal_label
 from alignment.files import atomic
+from alignment.data import sources
+from alignment.evaluation.records import read_answers
+from alignment.evaluation.scorers import score_answers
 
 COMPLETIONS_DIR = "xstest/model_completions"
 COMPLETIONS_PREFIX = "xstest_v2_completions_"
@@ -182,7 +185,7 @@ def _confusion_markdown(a: Agreement) -> list[str]:
 
 def validation_markdown(v: ClassifierValidation, command: str | None = None) -> str:
   lines = ["# Refusal classifier vs. XSTest human labels", "",
-           "`alignment.evaluation.refusal.classify_refusal` (string match; rule and phrase lists "
+           "`alignment.judges.refusal.classify_refusal` (string match; rule and phrase lists "
            "in its module docstring) against the final human labels of XSTest v2 completions "
            "(Röttger et al., NAACL 2024). Accuracy is three-way (full compliance / full refusal "
            "/ partial refusal); binary counts full and partial refusals as refusal. Phrase lists "
@@ -243,7 +246,6 @@ def label_xstest(records: Iterable[AnswerRecord], data_dir: str | os.PathLike | 
   Only records of `set_name` are touched. An unknown id, a prompt that does not contain the
   file's prompt (a template may wrap it), or a label that contradicts the file is an error.
   """
-  from alignment.data import sources
   prompts = {p.id: p for p in sources.load("xstest", data_dir)}
   out = []
   for r in records:
@@ -336,8 +338,6 @@ def answers_report(answers: str | pathlib.Path, command: str = "",
   attacked prompts (see alignment/evaluation/attacks.py) are left out: XSTest's rates are
   defined on its prompts as written.
   """
-  from alignment.evaluation.records import read_answers
-  from alignment.evaluation.scorers import score_answers
   records = [r for r in read_answers(answers) if r.attack is None]
   if any(r.set == XSTEST_SET and r.label is None for r in records):
     records = label_xstest(records, data_dir)

@@ -5,6 +5,10 @@ result.json or answers.jsonl that a sweep then took for a finished run and a rep
 data. Each helper here writes to a temporary file in the same directory, fsyncs it and
 `os.replace`s it onto the target (atomic on POSIX within one filesystem): a reader sees the
 old file or the new one, never part of one.
+
+A process killed by SIGKILL mid-write leaves its hidden temporary file (`.<name>.<8
+random>.tmp`) beside the target; `remove_stale_temporaries` clears those once a new holder
+owns the directory (see `training/run_lock.hold`).
 """
 
 from __future__ import annotations
@@ -13,9 +17,22 @@ import contextlib
 import json
 import os
 import pathlib
+import re
 import tempfile
+import time
 from collections.abc import Iterator
 from typing import IO, Any
+
+# The names `tempfile.mkstemp(prefix=".<name>.", suffix=".tmp")` gives: 8 characters of
+# tempfile's alphabet between them.
+TEMPORARY_NAME = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp$")
+# A subdirectory holding this file is another run's directory (training/run_lock.py): its
+# temporaries are its holder's business.
+_OTHER_RUN_MARKER = ".lock"
+# Every temporary file of this process is younger than this module's import; the margin
+# covers filesystems whose mtimes lag the clock by a tick.
+_IMPORTED = time.time()
+_MTIME_MARGIN_S = 1.0
 
 
 @contextlib.contextmanager
@@ -57,3 +74,34 @@ def write_json(path: str | os.PathLike, payload: Any, **dumps: Any) -> pathlib.P
   """json.dumps(payload, **dumps) (indent=2, default=str unless given), atomically."""
   dumps = {"indent": 2, "default": str, **dumps}
   return write_text(path, json.dumps(payload, **dumps))
+
+
+def remove_stale_temporaries(directory: str | os.PathLike,
+                             before: float | None = None) -> list[pathlib.Path]:
+  """Deletes, under `directory`, the temporary files of writes that were killed: files named
+  like this module's temporaries and last modified before `before` (default: a second before
+  this module was imported, so no write of this process is touched). Subdirectories holding
+  a `.lock` (other runs) and symlinks are not entered. Returns what was removed.
+
+  Call it only while holding the directory (its run lock): a live writer of another process
+  would lose its file.
+  """
+  cutoff = _IMPORTED - _MTIME_MARGIN_S if before is None else before
+  root = pathlib.Path(directory)
+  removed = []
+  for current, dirs, files in os.walk(root):
+    here = pathlib.Path(current)
+    dirs[:] = [d for d in dirs if not (here / d).is_symlink()
+               and not (here / d / _OTHER_RUN_MARKER).exists()]
+    for name in files:
+      if not TEMPORARY_NAME.match(name):
+        continue
+      path = here / name
+      try:
+        stat = path.lstat()
+        if stat.st_mtime < cutoff and path.is_file() and not path.is_symlink():
+          path.unlink()
+          removed.append(path)
+      except FileNotFoundError:  # its writer finished (or failed) meanwhile
+        continue
+  return removed

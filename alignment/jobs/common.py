@@ -20,11 +20,18 @@ from alignment.checkpoints.loading import check_dtype, load_model
 from alignment.prompts import get_template
 from alignment.prompts.templates import PromptTemplate
 from alignment.rl.finetune import ExampleData, ExampleTrainer
-from alignment.sampling import SamplingParams
+from alignment.rl import generation as rl_generation
+from alignment.sampling import Sampler, SamplingParams
+from alignment.schema import from_section
 from alignment.files import atomic
 from alignment.training import distributed, run_identity, run_lock
-from alignment.training.trainer import (Trainable, Trainer, TrainerConfig, make_checkpointer,
-                                        make_trainable)
+from alignment.training.trainer import Trainable, Trainer, TrainerConfig, make_trainable
+
+
+def run_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The config as plain JSON data: saved in config.json and with every checkpoint, so a
+  resumed run is checked against what it was."""
+  return json.loads(config.to_json_best_effort())
 
 
 MAX_LEARNING_RATE = 1e3  # far above any rate that trains; larger ones are typos
@@ -33,7 +40,7 @@ MAX_LEARNING_RATE = 1e3  # far above any rate that trains; larger ones are typos
 def check_learning_rates(config: ml_collections.ConfigDict) -> None:
   """Refuses a learning rate that is not finite, not > 0 or above MAX_LEARNING_RATE, naming
   the key, before any work starts (such a rate turns the parameters to NaN in one step)."""
-  flat = run_identity.flatten(json.loads(config.to_json_best_effort()))
+  flat = run_identity.flatten(run_config(config))
   for key, value in flat.items():
     if key.split(".")[-1] == "learning_rate" and isinstance(value, (int, float)):
       if not (math.isfinite(value) and 0 < value <= MAX_LEARNING_RATE):
@@ -82,11 +89,10 @@ def start(config: ml_collections.ConfigDict, data_fingerprint: dict | None = Non
       initialize=d.initialize, coordinator_address=d.coordinator_address or None,
       num_processes=d.num_processes or None,
       process_id=None if d.process_id < 0 else d.process_id))
-  mesh = sharding.make_mesh(sharding.MeshConfig(config.mesh.data, config.mesh.fsdp,
-                                                config.mesh.tensor))
+  mesh = sharding.make_mesh(from_section(sharding.MeshConfig, config.mesh, "config.mesh"))
   workdir = pathlib.Path(config.workdir)
   if distributed.is_primary():
-    changes = run_identity.check_resume(workdir, json.loads(config.to_json_best_effort()),
+    changes = run_identity.check_resume(workdir, run_config(config),
                                         config.get("resume", "same_run"), data_fingerprint,
                                         data_file)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -97,11 +103,7 @@ def start(config: ml_collections.ConfigDict, data_fingerprint: dict | None = Non
 
 
 def lora_config(section: ml_collections.ConfigDict) -> lora_lib.LoraConfig | None:
-  if not section.enabled:
-    return None
-  targets = tuple(t.strip() for t in section.targets.split(",") if t.strip())
-  return lora_lib.LoraConfig(rank=section.rank, alpha=section.alpha, dropout=section.dropout,
-                             targets=targets)
+  return from_section(lora_lib.LoraConfig, section, "config.lora") if section.enabled else None
 
 
 def load_trainable(config: ml_collections.ConfigDict, mesh, rng: jax.Array) -> Trainable:
@@ -132,14 +134,21 @@ def sampling_config(config: ml_collections.ConfigDict) -> SamplingParams:
   """SamplingParams from a config's temperature/top_k/top_p, after checking those and
   max_new_tokens / batch_size (where the config has them) with errors naming the field."""
   try:
-    sampling = SamplingParams(temperature=config.temperature, top_k=config.top_k,
-                              top_p=config.top_p)
+    sampling = from_section(SamplingParams, config)
   except ValueError as e:
     raise ValueError(f"config: {e}") from None
   for field in ("max_new_tokens", "batch_size"):
     if field in config and config[field] < 1:
       raise ValueError(f"config.{field}: must be >= 1 (got {config[field]})")
   return sampling
+
+
+def make_sample_fn(cfg, params, tokenizer, section: ml_collections.ConfigDict
+                   ) -> rl_generation.SampleFn:
+  """The policy's sampler over formatted inputs, drawing as `section` (a job's `sampling`)
+  says; rejection sampling and distillation use it (and tests watch it as a seam)."""
+  return rl_generation.sampler_fn(Sampler(cfg, params, tokenizer), section.max_new_tokens,
+                                  sampling_config(section))
 
 
 @dataclasses.dataclass
@@ -178,25 +187,17 @@ def make_trainer(config: ml_collections.ConfigDict, trainable: Trainable, loss_f
   """The run's `Trainer` under `config.train` / `config.checkpoint`; checkpoints carry the
   whole config (a resumed run is checked against it)."""
   return Trainer(trainable, loss_fn, trainer_config(config, steps), mesh, rng,
-                 run_config=json.loads(config.to_json_best_effort()))
-
-
-def checkpointer(config: ml_collections.ConfigDict, workdir: pathlib.Path,
-                 trainable: Trainable):
-  """The run's checkpointer, for a job with its own loop (PPO)."""
-  c = config.checkpoint
-  return make_checkpointer(trainable, workdir, c.every, c.keep, c.async_save,
-                           json.loads(config.to_json_best_effort()))
+                 run_config=run_config(config))
 
 
 def example_trainer(config: ml_collections.ConfigDict, trainable: Trainable, mesh,
                     template: PromptTemplate, rng: jax.Array, total_steps: int
                     ) -> ExampleTrainer:
   """The SFT trainer of a job that trains on its own samples, `total_steps` over all rounds."""
-  data = ExampleData(max_length=config.data.max_length, batch_size=config.train.batch_size,
-                     packing=config.data.packing, seed=config.seed)
+  data = from_section(ExampleData, config.data, "config.data",
+                      batch_size=config.train.batch_size, seed=config.seed)
   return ExampleTrainer(trainable, trainer_config(config, total_steps), data, mesh, template,
-                        rng, run_config=json.loads(config.to_json_best_effort()))
+                        rng, run_config=run_config(config))
 
 
 def save_lora(workdir: pathlib.Path, params: dict[str, Any],

@@ -23,7 +23,7 @@ import numpy as np
 from alignment.evaluation import scorers
 from alignment.evaluation.records import AnswerRecord
 from alignment.jobs import common
-from alignment.jobs.rejection_sampling import make_sample_fn
+from alignment.jobs.common import make_sample_fn
 from alignment.rl import context_distillation as cd
 from alignment.rl import generation
 from alignment.rl import prompts as prompts_lib

@@ -13,7 +13,7 @@ import ml_collections
 
 from alignment import lora as lora_lib
 from alignment.checkpoints.loading import load_model
-from alignment.evaluation.refusal import classify_refusal
+from alignment.judges.refusal import classify_refusal
 from alignment.jobs import common, sft
 from alignment.prompts import get_template
 from alignment.sampling import Sampler

@@ -25,6 +25,7 @@ from alignment import model as model_lib
 from alignment import sharding
 from alignment.data import batching, pipeline
 from alignment.jobs import common
+from alignment.schema import from_section
 from alignment.reward import data as reward_data
 from alignment.reward import model as reward_model
 from alignment.rl import dpo
@@ -35,8 +36,7 @@ log = logging.getLogger(__name__)
 
 
 def dpo_config(config: ml_collections.ConfigDict) -> dpo.DPOConfig:
-  return dpo.DPOConfig(beta=config.dpo.beta, loss_type=config.dpo.loss_type,
-                       label_smoothing=config.dpo.label_smoothing)
+  return from_section(dpo.DPOConfig, config.dpo, "config.dpo")
 
 
 def build_pairs(config: ml_collections.ConfigDict, tokenizer, vocab_size: int

@@ -22,28 +22,28 @@ that integer format before sampling, to evaluate what a quantized deployment wou
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import json
 import logging
 import pathlib
 import time
-import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
 import ml_collections
-import numpy as np
 
-from alignment import lora as lora_lib
-from alignment.checkpoints.loading import load_model
-from alignment.data import sources, user_files
+from alignment import schema
+from alignment.data import sources
 from alignment.data.records import EvalPrompt
 from alignment.evaluation import attacks as attacks_lib
 from alignment.evaluation import generation, report, scorers
+from alignment.evaluation import model_source
+from alignment.evaluation.model_source import load_params, resolve_model
+from alignment.evaluation.sets import load_prompts, parse_sets
 from alignment.evaluation.records import ANSWERS_FILE, RESULT_FILE, AnswerRecord, write_answers
 from alignment.jobs import common
 from alignment.prompts.templates import PromptTemplate
+from alignment.quantization import quantize_params
+from alignment.reward.scorer import build_scorers
 from alignment.sampling import Sampler, SamplingParams
 from alignment.files import atomic
 from alignment.training import run_lock
@@ -52,29 +52,6 @@ log = logging.getLogger(__name__)
 
 QUANTIZE_SCHEMES = ("int8", "int4")  # config.quantize; '' = full precision
 UNSAFE = "unsafe"  # config.attack_sets: every evaluated set's prompts labelled unsafe
-
-
-def parse_sets(sets: str) -> list[str]:
-  """Set names and files from a comma-separated string; an unknown or repeated one is an error.
-
-  A file (a name containing '/' or ending in .csv, .jsonl, ...: `alignment.data.user_files`)
-  is a set of the user's, reported under its stem: `/x/probes.csv` is the set "probes".
-  """
-  names = [s.strip() for s in sets.split(",") if s.strip()]
-  if not names:
-    raise ValueError("config.sets: no evaluation set named")
-  for name in names:
-    if user_files.is_path(name):
-      sources.check_name(name)  # the file exists; its format is checked when read
-    elif name not in sources.EVAL_SOURCES:
-      raise ValueError(f"config.sets: unknown evaluation set {name!r}; known: "
-                       f"{', '.join(sources.EVAL_SOURCES)} (or a file of prompts: .csv, "
-                       ".jsonl, .json, .parquet)")
-  set_names = [sources.source_name(n) for n in names]
-  if len(set(set_names)) != len(set_names):
-    raise ValueError(f"config.sets: a set is named twice in {sets!r} (a file is named by its "
-                     "stem)")
-  return names
 
 
 def parse_attack_config(config: ml_collections.ConfigDict, sets: Sequence[str]
@@ -92,7 +69,7 @@ def parse_attack_config(config: ml_collections.ConfigDict, sets: Sequence[str]
   spec = config.attack_sets.strip()
   if spec == UNSAFE:
     return vectors, list(sets)
-  names = [s.strip() for s in spec.split(",") if s.strip()]
+  names = list(schema.names(spec))
   if not names:
     raise ValueError(f"config.attack_sets: empty; give {UNSAFE!r} or set names from "
                      "config.sets")
@@ -113,33 +90,7 @@ def attacked_prompts(prompts: Sequence[EvalPrompt], attack_sets: Sequence[str]
   return out
 
 
-def load_prompts(names: Sequence[str], data_dir: str | None, max_per_set: int = 0,
-                 limits: Mapping[str, int] | None = None, sample_seed: int = -1,
-                 columns: str = "") -> list[EvalPrompt]:
-  """The prompts of each named set (or file: `columns` renames its columns), in set order.
-
-  A set keeps at most `limits[name]` prompts (-1 or absent: `max_per_set`; 0: all): the first
-  ones, or with `sample_seed` >= 0 a random subset drawn with that seed (and the set's name,
-  so sets draw independently), kept in set order. The draw does not depend on the model, so
-  every run of a sweep answers the same prompts.
-  """
-  out = []
-  for spec in names:
-    prompts = sources.load(spec, data_dir, columns=columns, expect=EvalPrompt)
-    name = sources.source_name(spec)
-    limit = (limits or {}).get(name, -1)
-    limit = max_per_set if limit < 0 else limit
-    if 0 < limit < len(prompts):
-      if sample_seed >= 0:
-        rng = np.random.default_rng([sample_seed, zlib.crc32(name.encode())])
-        prompts = [prompts[i] for i in sorted(rng.choice(len(prompts), limit, replace=False))]
-      else:
-        prompts = prompts[:limit]
-    out += prompts
-  return out
-
-
-def template_name(config: ml_collections.ConfigDict, source: ModelSource) -> str:
+def template_name(config: ml_collections.ConfigDict, source: model_source.ModelSource) -> str:
   """`config.template`, or if empty: the SFT run's data.template, else 'alpaca' (the paper's)."""
   if config.template:
     return config.template
@@ -147,96 +98,16 @@ def template_name(config: ml_collections.ConfigDict, source: ModelSource) -> str
   return run_template or "alpaca"
 
 
-@dataclasses.dataclass(frozen=True)
-class ModelSource:
-  """What to load: a model section and an optional adapters file (resolved from run_dir)."""
-
-  model: dict[str, Any]
-  adapters: str
-  run_config: dict[str, Any] | None  # the SFT run's config.json, when run_dir is set
-
-
-def resolve_model(config: ml_collections.ConfigDict) -> ModelSource:
-  """The model section and adapters path a config names, reading `run_dir` if set.
-
-  With `run_dir`, the model section is the run's own (its config.json) and the adapters are
-  its adapters.npz, unless `config.adapters` names another file. A full fine-tuning run (no
-  adapters) is evaluated from its merged_hf export.
-  """
-  model = dict(config.model)
-  adapters = config.adapters
-  if not config.run_dir:
-    return ModelSource(model, adapters, None)
-  run_dir = pathlib.Path(config.run_dir)
-  config_path = run_dir / "config.json"
-  if not config_path.is_file():
-    raise FileNotFoundError(f"config.run_dir: {config_path} not found (not a training run "
-                            "directory)")
-  try:
-    run_config = json.loads(config_path.read_text())
-  except json.JSONDecodeError as e:
-    raise ValueError(f"{config_path}: not valid JSON ({e})") from None
-  if not isinstance(run_config.get("model"), dict):
-    raise ValueError(f"{config_path}: no 'model' section")
-  model = dict(run_config["model"])
-  if not adapters:
-    if (run_dir / "adapters.npz").is_file():
-      adapters = str(run_dir / "adapters.npz")
-    elif (run_dir / "merged_hf" / "config.json").is_file():
-      model["checkpoint"] = str(run_dir / "merged_hf")
-    else:
-      raise FileNotFoundError(f"config.run_dir: {run_dir} has neither adapters.npz (LoRA run) "
-                              "nor merged_hf/ (full fine-tuning with export_merged=True); has "
-                              "the run finished?")
-  return ModelSource(model, adapters, run_config)
-
-
 def check_quantize(scheme: str) -> None:
-  """A ValueError for an unknown scheme; imports the quantization module (fails fast)."""
-  if not scheme:
-    return
-  if scheme not in QUANTIZE_SCHEMES:
+  """A ValueError for an unknown scheme, before the slow model load."""
+  if scheme and scheme not in QUANTIZE_SCHEMES:
     raise ValueError(f"config.quantize: unknown scheme {scheme!r}; expected '' (none) or one of "
                      f"{', '.join(QUANTIZE_SCHEMES)}")
-  importlib.import_module("alignment.quantization")  # missing module / qwix: fail before loading
 
 
 def quantize(params, scheme: str):
   """`params` round-tripped through `scheme` ('' returns them unchanged)."""
-  if not scheme:
-    return params
-  from alignment.quantization import quantize_params  # pylint: disable=import-outside-toplevel
-  return quantize_params(params, scheme)
-
-
-def load_params(source: ModelSource):
-  """(ModelConfig, decoder params with adapters merged, tokenizer)."""
-  cfg, params, tokenizer = load_model(ml_collections.ConfigDict(source.model))
-  common.require_tokenizer(tokenizer, source.model)
-  if source.adapters:
-    try:
-      adapters, lcfg = lora_lib.load_adapters(source.adapters, cfg)
-    except FileNotFoundError as e:
-      raise FileNotFoundError(f"config.adapters: {e}") from None
-    params = jax.jit(lambda p, a: lora_lib.merge(p, a, lcfg))(params, adapters)
-  return cfg, params, tokenizer
-
-
-def build_scorers(scoring: ml_collections.ConfigDict) -> dict[str, scorers.Scorer]:
-  """{name: scorer}: refusal, plus the reward-model scorers the config names."""
-  named = {scorers.REFUSAL: scorers.get_scorer(scorers.REFUSAL)}
-  if not (scoring.harmfulness_rm or scoring.helpfulness_rm):
-    return named
-  # Imported here: the reward-model code is only needed when a config names one.
-  from alignment.reward import scorer as rm_scorer  # pylint: disable=import-outside-toplevel
-  # Both give a blank answer None: there is no reply to rate (its refusal score counts it).
-  if scoring.harmfulness_rm:
-    named[scorers.HARMFULNESS] = rm_scorer.harmfulness_scorer(
-        scoring.harmfulness_rm, scoring.harmfulness_kind, scoring.batch_size)
-  if scoring.helpfulness_rm:
-    named[scorers.HELPFULNESS] = rm_scorer.helpfulness_scorer(
-        scoring.helpfulness_rm, scoring.batch_size)
-  return named
+  return quantize_params(params, scheme) if scheme else params
 
 
 def score_records(records: Sequence[AnswerRecord], named: dict[str, scorers.Scorer],
@@ -305,7 +176,7 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   prompts = load_prompts(names, data_dir, config.max_prompts_per_set, dict(config.limits),
                          config.sample_seed, config.get("columns", ""))
   targets = attacked_prompts(prompts, attack_sets) if vectors else []
-  source = resolve_model(config)
+  source = resolve_model(config.model, config.adapters, config.run_dir)
   template = common.template_or_none(template_name(config, source))
   if source.adapters and not pathlib.Path(source.adapters).is_file():
     raise FileNotFoundError(f"config.adapters: no LoRA adapter file at {source.adapters}")

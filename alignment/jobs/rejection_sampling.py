@@ -18,27 +18,15 @@ import jax
 import ml_collections
 import numpy as np
 
+from alignment import schema
 from alignment.jobs import common
-from alignment.rl import generation
+from alignment.jobs.common import make_sample_fn
 from alignment.rl import prompts as prompts_lib
 from alignment.rl import rejection_sampling as rs
-from alignment.sampling import Sampler, SamplingParams
 from alignment.files import atomic
 from alignment.training import distributed, run_lock
 
 log = logging.getLogger(__name__)
-
-
-def sampling_params(section: ml_collections.ConfigDict) -> SamplingParams:
-  return SamplingParams(temperature=section.temperature, top_k=section.top_k,
-                        top_p=section.top_p)
-
-
-def make_sample_fn(cfg, params, tokenizer, section: ml_collections.ConfigDict
-                   ) -> generation.SampleFn:
-  """The policy's sampler over formatted inputs (a seam tests use to watch the params)."""
-  return generation.sampler_fn(Sampler(cfg, params, tokenizer), section.max_new_tokens,
-                               sampling_params(section))
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -48,7 +36,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                       ("sampling.max_new_tokens", config.sampling.max_new_tokens)):
     if value < 1:
       raise ValueError(f"{name}={value} must be >= 1")
-  sampling_params(config.sampling)  # validates temperature / top-k / top-p
+  common.sampling_config(config.sampling)  # validates temperature / top-k / top-p
 
 
 def make_reward(section: ml_collections.ConfigDict,
@@ -60,7 +48,7 @@ def make_reward(section: ml_collections.ConfigDict,
   if not (section.safety_rm and section.helpfulness_rm):
     raise ValueError("rs.reward='combined' needs rs.safety_rm and rs.helpfulness_rm (saved "
                      "reward-model directories, <reward workdir>/reward_model)")
-  unsafe_sources = {s.strip() for s in section.unsafe_sources.split(",") if s.strip()}
+  unsafe_sources = set(schema.names(section.unsafe_sources))
   unknown = unsafe_sources - {p.source for p in prompts}
   if unknown:
     raise ValueError(f"rs.unsafe_sources names {sorted(unknown)}, which no prompt came from "

@@ -17,9 +17,11 @@ import jax
 import ml_collections
 import numpy as np
 
+from alignment import schema
 from alignment import sharding
 from alignment.data import batching, pipeline, user_files
 from alignment.jobs import common
+from alignment.schema import from_section
 from alignment.reward import data as reward_data
 from alignment.reward import evaluate, losses
 from alignment.reward import model as reward_model
@@ -35,7 +37,7 @@ SOURCES = ("hh_harmless", "hh_helpful", "synthetic")
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Fails fast, naming the field, before any model or data is loaded."""
   d, t = config.data, config.train
-  names = [n.strip() for n in d.source.split(",") if n.strip()]
+  names = list(schema.names(d.source))
   if not names or any(n not in SOURCES and not user_files.is_path(n) for n in names):
     raise ValueError(f"data.source={d.source!r}; expected one of {SOURCES} or a file of "
                      "prompt/chosen/rejected pairs (.jsonl, .json, .csv, .parquet)")
@@ -54,7 +56,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"train.learning_rate={t.learning_rate} must be > 0")
   if config.lora.enabled and config.lora.last_layers < 0:
     raise ValueError(f"lora.last_layers={config.lora.last_layers} must be >= 0 (0 = all)")
-  losses.RankingLossConfig(config.loss.margin_scale, config.loss.centering)
+  from_section(losses.RankingLossConfig, config.loss, "config.loss")
 
 
 def build_pairs(config: ml_collections.ConfigDict, tokenizer, vocab_size: int
@@ -81,7 +83,7 @@ def score_pairs(score_fn, params, pairs: list, batch_size: int, max_length: int,
 @run_lock.released_on_return
 def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   check_config(config)
-  loss_cfg = losses.RankingLossConfig(config.loss.margin_scale, config.loss.centering)
+  loss_cfg = from_section(losses.RankingLossConfig, config.loss, "config.loss")
   job = common.prepare(config, "reward", require_tokenizer=False)  # synthetic pairs need none
   workdir, mesh, trainable = job.workdir, job.mesh, job.trainable
   (state_rng,) = job.rngs

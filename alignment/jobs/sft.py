@@ -19,8 +19,10 @@ import jax
 import ml_collections
 
 from alignment import lora as lora_lib
+from alignment.checkpoints import huggingface
 from alignment.data import mixtures, pipeline, sources
 from alignment.jobs import common
+from alignment.schema import from_section
 from alignment.sampling import Sampler
 from alignment.files import atomic
 from alignment.training import distributed, losses, run_lock
@@ -41,12 +43,9 @@ def build_data(config: ml_collections.ConfigDict) -> tuple[list, list, dict]:
   """
   d = config.data
   held_out = d.eval_examples
-  mix_cfg = mixtures.MixtureConfig(
-      base_source=d.base_source, num_base=d.num_base + held_out,
-      safety_source=d.safety_source, columns=d.get("columns", ""), num_safety=d.num_safety,
-      safety_fraction=d.safety_fraction if d.safety_fraction >= 0 else None,
-      safety_format=d.safety_format, template=d.template, system_prompt=d.system_prompt,
-      seed=config.seed, dedup=d.dedup, remove_eval_overlap=d.remove_eval_overlap)
+  mix_cfg = from_section(
+      mixtures.MixtureConfig, d, "config.data", num_base=d.num_base + held_out,
+      safety_fraction=d.safety_fraction if d.safety_fraction >= 0 else None, seed=config.seed)
   examples, report = mixtures.build_mixture(mix_cfg, common.data_dir(config))
   base_name = sources.source_name(d.base_source)  # a user's file: its stem
   base_positions = [i for i, e in enumerate(examples) if e.source == base_name]
@@ -85,7 +84,8 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   eval_pipe = dataclasses.replace(pipe, shuffle=False, num_epochs=1, packing=False)
 
   example = pipeline.example_sft_batch(pipe)
-  loss_fn = losses.sft_loss_fn(cfg, lcfg, config.lora.unmerged, config.train.logits_chunk)
+  loss_fn = losses.sft_loss_fn(cfg, lcfg, config.lora.unmerged, config.train.logits_chunk,
+                               config.train.get("loss_positions", 0))
   trainer = common.make_trainer(config, trainable, loss_fn, state_rng, mesh)
   eval_fn = losses.sft_eval_fn(cfg, lcfg)
   prompts = [p.strip() for p in config.eval.prompts.split("|") if p.strip()]
@@ -114,11 +114,10 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   outputs: dict[str, Any] = {}
   if distributed.is_primary():
     outputs.update(common.save_lora(workdir, final_state.params, lcfg))
-    if config.export_merged:
-      from alignment.checkpoints.huggingface import save_safetensors  # pylint: disable=import-outside-toplevel
-      outputs["merged_model"] = str(save_safetensors(
+    if config.export_merged:  # a LoRA run can also be exported later by configs/export.py
+      outputs["merged_model"] = str(huggingface.save_safetensors(
           cfg.replace(dtype="float32"), jax.device_get(merge(final_state.params)),
-          workdir / "merged_hf"))
+          workdir / "merged_hf", tokenizer=tokenizer))
     summary = {"train": result.summary, "evaluations": history, "outputs": outputs,
                "train_examples": len(train_examples), "eval_examples": len(eval_examples),
                "tokenize": dataclasses.asdict(batches.stats) if batches.stats else None}

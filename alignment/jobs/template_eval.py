@@ -31,7 +31,10 @@ import ml_collections
 from alignment.data.records import EvalPrompt
 from alignment.evaluation import generation, report, scorers
 from alignment.evaluation.records import AnswerRecord, write_answers
-from alignment.jobs import common, evaluate
+from alignment.evaluation.model_source import load_params, resolve_model
+from alignment.evaluation.sets import load_prompts, parse_sets
+from alignment.jobs import common
+from alignment.reward.scorer import build_scorers
 from alignment.prompts.library import DynamicTemplate, Template, resolve_template, template_texts
 from alignment.sampling import Sampler, SamplingParams
 from alignment.files import atomic
@@ -109,7 +112,7 @@ def _answer(sampler: Sampler, template: Template | None, prompts: Sequence[EvalP
 
 @run_lock.released_on_return
 def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  names = evaluate.parse_sets(config.sets)
+  names = parse_sets(config.sets)
   if config.route_by not in ROUTES:
     raise ValueError(f"config.route_by: {config.route_by!r} is not one of {', '.join(ROUTES)}")
   try:
@@ -120,7 +123,7 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   if templates["template"] is None:
     raise ValueError("config.template: 'none' leaves nothing to evaluate; name a template")
   sampling = common.sampling_config(config)
-  prompts = evaluate.load_prompts(names, config.get("data_dir") or None,
+  prompts = load_prompts(names, config.get("data_dir") or None,
                                   config.max_prompts_per_set, columns=config.get("columns", ""))
   check_held_out(templates["template"], names, prompts, config.template)
 
@@ -128,12 +131,12 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   workdir.mkdir(parents=True, exist_ok=True)
   run_lock.hold(workdir)  # one process per workdir, before any write
   atomic.write_text(workdir / "config.json", config.to_json_best_effort(indent=2))
-  source = evaluate.resolve_model(config)
+  source = resolve_model(config.model, config.adapters, config.run_dir)
   start = time.perf_counter()
-  cfg, params, tokenizer = evaluate.load_params(source)
+  cfg, params, tokenizer = load_params(source)
   log.info("loaded %s in %.1f s", source.model.get("checkpoint"), time.perf_counter() - start)
   sampler = Sampler(cfg, params, tokenizer)  # no template: prompts arrive rendered
-  named = evaluate.build_scorers(config.scoring)
+  named = build_scorers(config.scoring)
 
   summaries, paths, stats = {}, {}, {}
   for condition in CONDITIONS:

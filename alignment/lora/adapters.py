@@ -37,6 +37,7 @@ from alignment import model as model_lib
 from alignment.model.config import ModelConfig
 from alignment.model.low_rank import LowRank
 from alignment.files import atomic
+from alignment import schema
 
 Params = Any
 
@@ -76,6 +77,7 @@ class LoraConfig:
   targets: tuple[str, ...] = ("q", "k", "v", "o", "gate", "up", "down")
 
   def __post_init__(self):
+    object.__setattr__(self, "targets", schema.names(self.targets))  # "q,v" or ("q", "v")
     unknown = set(self.targets) - set(TARGETS)
     if unknown:
       raise ValueError(f"unknown LoRA target(s) {sorted(unknown)}; known: {sorted(TARGETS)}")

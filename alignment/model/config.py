@@ -13,6 +13,9 @@ AttentionType = Literal["global", "local"]
 # What each decoder block keeps for the backward pass (see `ModelConfig.remat`).
 RematPolicy = Literal["none", "full", "dots_saveable"]
 REMAT_POLICIES = ("none", "full", "dots_saveable")
+# How attention scores are computed (see `ModelConfig.attention_impl`, `attention.implementation`).
+AttentionImpl = Literal["auto", "explicit", "xla", "cudnn"]
+ATTENTION_IMPLS = ("auto", "explicit", "xla", "cudnn")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +56,12 @@ class ModelConfig:
   # Run the layers as a `lax.scan` over repetitions of `attention_pattern` (remainder layers
   # unrolled): the compiled program holds one period of blocks instead of num_layers.
   scan_layers: bool = False
+  # attention_impl: "explicit" materialises the float32 [B, K, G, T, S] scores in this
+  # package; "xla" / "cudnn" call jax.nn.dot_product_attention with that implementation
+  # (cuDNN flash: GPU, bf16/fp16 only); "auto" picks cudnn on a GPU where its constraints
+  # hold, xla otherwise, and explicit where the fused call cannot express the model (logit
+  # soft-capping, Gemma 2). Equal in float32 up to rounding (tests/test_attention_fused.py).
+  attention_impl: AttentionImpl = "auto"
 
   def __post_init__(self):
     if self.num_heads % self.num_kv_heads:
@@ -66,6 +75,14 @@ class ModelConfig:
     if self.remat not in REMAT_POLICIES:
       raise ValueError(f"unknown remat policy {self.remat!r}; expected one of "
                        f"{', '.join(REMAT_POLICIES)}")
+    if self.attention_impl not in ATTENTION_IMPLS:
+      raise ValueError(f"unknown attention_impl {self.attention_impl!r}; expected one of "
+                       f"{', '.join(ATTENTION_IMPLS)}")
+    if self.attention_impl in ("xla", "cudnn") and self.attn_logits_soft_cap:
+      raise ValueError(
+          f"attention_impl={self.attention_impl!r} cannot express attn_logits_soft_cap="
+          f"{self.attn_logits_soft_cap} (jax.nn.dot_product_attention has no logit "
+          "soft-cap): use 'auto' or 'explicit'")
 
   @property
   def attention_types(self) -> tuple[AttentionType, ...]:

@@ -60,7 +60,8 @@ class Block(nn.Module):
         attn_logits_soft_cap=cfg.attn_logits_soft_cap, use_qk_norm=cfg.use_qk_norm,
         rope_base=cfg.rope_base_global if is_global else cfg.rope_base_local,
         rope_scale=cfg.rope_scale_global if is_global else 1.0,
-        norm_eps=cfg.norm_eps, dtype=cfg.dtype, param_dtype=cfg.param_dtype, name="attn")
+        norm_eps=cfg.norm_eps, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+        attention_impl=cfg.attention_impl, name="attn")
     # Each sublayer picks its own sites from the layer's paths.
     h, cache = attn(norm("pre_attention_norm")(x), positions, mask, cache, cache_index, lora)
     if cfg.use_post_attn_norm:
@@ -232,12 +233,20 @@ def param_shapes(config: ModelConfig) -> Params:
 
 
 def init_cache(config: ModelConfig, batch_size: int, cache_length: int,
-               dtype: str | None = None) -> Cache:
-  """An empty KV cache for `cache_length` slots per sequence."""
+               dtype: str | None = None, ring_local: bool = False) -> Cache:
+  """An empty KV cache for `cache_length` slots per sequence.
+
+  `ring_local`: local (sliding-window) layers keep a ring of min(sliding_window_size,
+  cache_length) entries instead, since no query sees further back; the attention mask passed
+  to the decoder still spans all `cache_length` slots (global layers need them).
+  """
   dtype = dtype or config.dtype
-  shape = (batch_size, cache_length, config.num_kv_heads, config.head_dim)
   cache: Cache = {"index": jnp.zeros((), jnp.int32)}
-  for i in range(config.num_layers):
+  for i, kind in enumerate(config.attention_types):
+    length = cache_length
+    if ring_local and kind == "local":
+      length = min(cache_length, config.sliding_window_size)
+    shape = (batch_size, length, config.num_kv_heads, config.head_dim)
     cache[f"layer_{i}"] = {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
   return cache
 

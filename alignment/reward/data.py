@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from alignment import schema
 from alignment.data import sources, user_files
 from alignment.data import tokenize as tok
 from alignment.data.records import PreferencePair
@@ -195,7 +196,7 @@ def build_pairs(config: Any, tokenizer: Tokenizer | None, vocab_size: int
   `config.data.columns` renames a file's columns.
   """
   d = config.data
-  names = [n.strip() for n in d.source.split(",") if n.strip()]
+  names = list(schema.names(d.source))
   if not names:
     raise ValueError("data.source is empty; name preference sources, e.g. 'hh_harmless'")
   if names == ["synthetic"]:

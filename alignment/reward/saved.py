@@ -28,6 +28,7 @@ from alignment.model.config import ModelConfig
 from alignment.reward import model as reward_model
 from alignment.tokenizer import Tokenizer
 from alignment.files import atomic
+from alignment.checkpoints.huggingface import save_safetensors
 
 META = "reward_model.json"
 FORMAT_VERSION = 1
@@ -59,7 +60,6 @@ def save_reward_model(directory: str | pathlib.Path, config: ModelConfig, params
   if lora is not None:
     lora_lib.save_adapters(directory / "adapters.npz", params["lora"], lora)
   else:
-    from alignment.checkpoints.huggingface import save_safetensors  # pylint: disable=import-outside-toplevel
     save_safetensors(config.replace(dtype="float32"), params["base"], directory / "backbone")
   if tokenizer is not None:
     (directory / "tokenizer.model").write_bytes(tokenizer.serialized_proto())

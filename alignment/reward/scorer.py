@@ -20,7 +20,8 @@ rest per set. A helpfulness RM (trained on hh_helpful) scores the same way as
 from __future__ import annotations
 
 import pathlib
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -97,6 +98,20 @@ class RewardScorer:
     return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
 
+def text_rewards(directory: str | pathlib.Path, batch_size: int = 8
+                 ) -> Callable[[Sequence[str], Sequence[str]], np.ndarray]:
+  """`rewards(prompts, answers)`: the raw scores r(prompt, answer) of a saved reward model,
+  for trainers that score their own samples (PPO rollouts, rejection-sampling candidates)."""
+  scorer = RewardScorer(load_reward_model(directory), batch_size)
+
+  def rewards(prompts: Sequence[str], answers: Sequence[str]) -> np.ndarray:
+    records = [AnswerRecord(set="rl", id=str(i), prompt=p, answer=a)
+               for i, (p, a) in enumerate(zip(prompts, answers))]
+    return scorer.rewards(records).astype(np.float64)
+
+  return rewards
+
+
 def _saved_rm_scorer(directory: str | pathlib.Path, source: str, role: str, batch_size: int,
                      transform) -> scorers.Scorer:
   """A scorer from a saved reward model trained on `source`, mapping raw rewards by `transform`.
@@ -149,3 +164,19 @@ def register_harmfulness_scorer(directory: str | pathlib.Path, kind: str = "prob
   scorer = harmfulness_scorer(directory, kind, batch_size)
   scorers.register_scorer(scorers.HARMFULNESS, scorer, replace=replace)
   return scorer
+
+
+def build_scorers(scoring: Mapping[str, Any]) -> dict[str, scorers.Scorer]:
+  """{name: scorer}: refusal, plus the reward-model scorers a config's `scoring` section
+  names (harmfulness_rm, harmfulness_kind, helpfulness_rm, batch_size)."""
+  named = {scorers.REFUSAL: scorers.get_scorer(scorers.REFUSAL)}
+  if not (scoring["harmfulness_rm"] or scoring["helpfulness_rm"]):
+    return named
+  # Both give a blank answer None: there is no reply to rate (its refusal score counts it).
+  if scoring["harmfulness_rm"]:
+    named[scorers.HARMFULNESS] = harmfulness_scorer(
+        scoring["harmfulness_rm"], scoring["harmfulness_kind"], scoring["batch_size"])
+  if scoring["helpfulness_rm"]:
+    named[scorers.HELPFULNESS] = helpfulness_scorer(
+        scoring["helpfulness_rm"], scoring["batch_size"])
+  return named

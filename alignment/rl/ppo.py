@@ -1,7 +1,7 @@
 """PPO (Schulman et al., 2017) for language models: losses, rollout scoring, update step.
 
 Everything here is a pure function of arrays, jitted once per shape; the Python loop that
-samples, scores and iterates lives in `alignment.jobs.ppo`. One PPO iteration:
+samples, scores and iterates is `alignment.rl.ppo_trainer`. One PPO iteration:
 
   1. sample responses with the KV-cache sampler (`alignment.sampling`)
   2. `make_score_fn`: log-probs of the sampled tokens under the policy and the reference, and

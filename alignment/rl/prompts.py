@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from alignment import schema
 from alignment.data import sources as sources_lib
 from alignment.data.records import EvalPrompt, InstructionExample, PreferencePair
 
@@ -61,7 +62,7 @@ def load_prompts(sources: str | Sequence[str], data_dir: str | None, seed: int,
   per_source: at most this many from each source, a seeded random subset (0 = all).
   num_prompts: exactly this many in all (0 = all); an error when the sources hold fewer.
   """
-  names = [n.strip() for n in sources.split(",")] if isinstance(sources, str) else list(sources)
+  names = list(schema.names(sources))
   names = [n for n in names if n]
   if not names:
     raise ValueError("no prompt sources given: name one or more data sources")

@@ -23,6 +23,7 @@ from alignment.evaluation import scorers
 from alignment.evaluation.records import AnswerRecord
 from alignment.reward import combine
 from alignment.rl.generation import SampleFn, generate_in_batches
+from alignment.reward.scorer import text_rewards
 
 RewardFn = Callable[[Sequence[str], Sequence[str]], np.ndarray]  # (prompts, answers) -> [N]
 
@@ -114,17 +115,8 @@ NAMED_REWARDS: dict[str, RewardFn] = {
 
 
 def reward_model_reward(directory: str | pathlib.Path, batch_size: int = 8) -> RewardFn:
-  """Raw scores r(prompt, answer) of a saved reward model, one-turn HH format."""
-  from alignment.reward.saved import load_reward_model  # pylint: disable=import-outside-toplevel
-  from alignment.reward.scorer import RewardScorer  # pylint: disable=import-outside-toplevel
-  scorer = RewardScorer(load_reward_model(directory), batch_size)
-
-  def reward(prompts: Sequence[str], answers: Sequence[str]) -> np.ndarray:
-    records = [AnswerRecord(set="rl", id=str(i), prompt=p, answer=a)
-               for i, (p, a) in enumerate(zip(prompts, answers))]
-    return scorer.rewards(records).astype(np.float64)
-
-  return reward
+  """Raw scores r(prompt, answer) of a saved reward model (`reward.scorer.text_rewards`)."""
+  return text_rewards(directory, batch_size)
 
 
 def combined_reward(safety: RewardFn, helpfulness: RewardFn, unsafe_prompts: Sequence[str],

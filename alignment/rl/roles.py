@@ -3,8 +3,7 @@
   Policy     the actor: the decoder that generates and is trained.
   Reference  the frozen starting policy; KL to it keeps the actor near what it was.
   ValueModel the critic: a decoder with a scalar head, estimating the return of a prefix.
-  rewards    functions from finished rollouts to one score per response (reward models,
-             Llama 2's safety/helpfulness combination, or toy rewards for tests).
+(Rewards, functions of finished rollouts, are in `alignment.rl.rewards`.)
 
 Memory-lean by default: with LoRA all three decoders share one frozen base. The policy is the
 base plus its adapters, the reference is that same base with adapters off (no copy), and the
@@ -19,12 +18,10 @@ the first P columns, response from column P, right-padded) and `response_mask` [
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from alignment import lora as lora_lib
 from alignment import model
@@ -145,112 +142,3 @@ class ValueModel:
     hidden = _response_hidden(self.config, p["backbone"], batch)
     return (jnp.einsum("brd,d->br", hidden.astype(jnp.float32), p["w"].astype(jnp.float32))
             + p["b"].astype(jnp.float32))
-
-
-# ----------------------------------------------------------------------------------------------
-# Rewards: host-side functions of finished rollouts.
-
-
-@dataclasses.dataclass(frozen=True)
-class Rollouts:
-  """What a reward sees: the prompts, the decoded responses and their token ids."""
-
-  prompts: Sequence[str]
-  sources: Sequence[str]
-  responses: Sequence[str]
-  tokens: np.ndarray  # [B, R] response ids (stop token included, padding after `lengths`)
-  lengths: np.ndarray  # [B]
-
-
-class RewardFunction(Protocol):
-  name: str
-
-  def __call__(self, rollouts: Rollouts) -> np.ndarray: ...
-
-
-@dataclasses.dataclass(frozen=True)
-class TokenFractionReward:
-  """The fraction of a response's tokens equal to `token_id` (or to any of `more_ids`): a toy
-  reward whose optimum is known, for tests and demos. Several ids give a random model's
-  samples enough hits for the reward to move within a few iterations."""
-
-  token_id: int
-  more_ids: tuple[int, ...] = ()
-  name: str = "token_fraction"
-
-  def __call__(self, rollouts: Rollouts) -> np.ndarray:
-    tokens, lengths = np.asarray(rollouts.tokens), np.asarray(rollouts.lengths)
-    real = np.arange(tokens.shape[1])[None] < lengths[:, None]
-    hits = np.sum(np.isin(tokens, (self.token_id, *self.more_ids)) & real, axis=1)
-    return (hits / np.maximum(lengths, 1)).astype(np.float32)
-
-
-class RewardModelReward:
-  """The raw score r(prompt, response) of a saved reward model (`alignment/reward/`)."""
-
-  name = "reward_model"
-
-  def __init__(self, directory: str, batch_size: int = 8):
-    from alignment.reward.saved import load_reward_model  # pylint: disable=import-outside-toplevel
-    from alignment.reward.scorer import RewardScorer  # pylint: disable=import-outside-toplevel
-    self.directory = directory
-    self.scorer = RewardScorer(load_reward_model(directory), batch_size)
-
-  def __call__(self, rollouts: Rollouts) -> np.ndarray:
-    from alignment.evaluation.records import AnswerRecord  # pylint: disable=import-outside-toplevel
-    records = [AnswerRecord(set=s or "rl", id=str(i), prompt=p, answer=r)
-               for i, (p, s, r) in enumerate(zip(rollouts.prompts, rollouts.sources,
-                                                 rollouts.responses))]
-    return self.scorer.rewards(records).astype(np.float32)
-
-
-class CombinedReward:
-  """Llama 2's rule: the safety RM's score on unsafe-flagged prompts or when its sigmoid is
-  below the threshold, else the helpfulness RM's (logit scale; whitening is PPO's job)."""
-
-  name = "combined"
-
-  def __init__(self, safety_dir: str, helpfulness_dir: str, threshold: float = 0.15,
-               unsafe_sources: Sequence[str] = ("hh_harmless",), batch_size: int = 8):
-    self.safety = RewardModelReward(safety_dir, batch_size)
-    self.helpfulness = RewardModelReward(helpfulness_dir, batch_size)
-    self.threshold = threshold
-    self.unsafe_sources = tuple(unsafe_sources)
-
-  def __call__(self, rollouts: Rollouts) -> np.ndarray:
-    from alignment.reward import combine  # pylint: disable=import-outside-toplevel
-    unsafe = np.array([s in self.unsafe_sources for s in rollouts.sources])
-    return np.asarray(combine.combined_logit(
-        jnp.asarray(self.safety(rollouts)), jnp.asarray(self.helpfulness(rollouts)),
-        jnp.asarray(unsafe), self.threshold))
-
-
-REWARD_KINDS = ("token_fraction", "reward_model", "combined")
-
-
-def make_reward(section, tokenizer) -> RewardFunction:
-  """The reward named by a config section (see configs/ppo.py `reward`)."""
-  kind = section.kind
-  if kind == "token_fraction":
-    # One piece or id, or several separated by spaces (pieces never hold a space: "▁" is).
-    ids = []
-    for token in str(section.token).split() or [""]:
-      if token.lstrip("-").isdigit():
-        ids.append(int(token))
-      elif tokenizer is None:
-        raise ValueError(f"reward.token={token!r} is a piece; it needs a tokenizer")
-      else:
-        ids.append(tokenizer.token_id(token))
-    return TokenFractionReward(ids[0], tuple(ids[1:]))
-  if kind == "reward_model":
-    if not section.model_dir:
-      raise ValueError("reward.kind='reward_model' needs reward.model_dir (a saved RM directory)")
-    return RewardModelReward(section.model_dir, section.batch_size)
-  if kind == "combined":
-    if not (section.safety_dir and section.helpfulness_dir):
-      raise ValueError("reward.kind='combined' needs reward.safety_dir and "
-                       "reward.helpfulness_dir (saved RM directories)")
-    unsafe = tuple(s.strip() for s in section.unsafe_sources.split(",") if s.strip())
-    return CombinedReward(section.safety_dir, section.helpfulness_dir, section.safety_threshold,
-                          unsafe, section.batch_size)
-  raise ValueError(f"unknown reward.kind {kind!r}; known: {', '.join(REWARD_KINDS)}")

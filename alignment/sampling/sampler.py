@@ -7,8 +7,9 @@ budget are rounded up to buckets (`bucket_size`), so a new prompt length usually
 already compiled program; the token budget itself is a traced loop bound.
 
 Slots and RoPE positions advance together within a row (its real tokens are contiguous), so
-the model's sliding-window band, measured in slots, is exact past the window with a full-length
-cache.
+the model's sliding-window band, measured in slots, is exact past the window. Local
+(sliding-window) layers keep a ring of `sliding_window_size` cache entries (`ring_local`);
+global layers keep every slot.
 """
 
 from __future__ import annotations
@@ -160,13 +161,14 @@ def _last_logits(cfg: ModelConfig, params: Params, hidden: Array) -> Array:
 def generate_padded(cfg: ModelConfig, params: Params, prompt_tokens: Array, prompt_mask: Array,
                     row_active: Array, rng: Array, max_new_tokens: Array, temperature: Array,
                     top_p: Array, stop_ids: Array, *, capacity: int, greedy: bool, top_k: int,
-                    use_top_p: bool, pad_id: int, return_logprobs: bool
-                    ) -> tuple[Array, Array, Array | None]:
+                    use_top_p: bool, pad_id: int, return_logprobs: bool,
+                    ring_local: bool = True) -> tuple[Array, Array, Array | None]:
   """Traceable core: left-padded prompts [B, P] -> ([B, capacity] tokens, [B] lengths, logprobs).
 
   Every active row needs its last prompt token in the last column. Inactive rows (batch
   padding) start finished. Decoding stops once every row has hit one of `stop_ids` ([N] int,
-  -1 entries are unused) or `max_new_tokens` (<= capacity) tokens exist.
+  -1 entries are unused) or `max_new_tokens` (<= capacity) tokens exist. `ring_local`: local
+  layers cache only their window (`init_cache(..., ring_local=True)`); same tokens.
   """
   batch, prompt_len = prompt_tokens.shape
   cache_len = prompt_len + capacity
@@ -199,7 +201,7 @@ def generate_padded(cfg: ModelConfig, params: Params, prompt_tokens: Array, prom
 
   # Prefill: the whole prompt in one call; only the last position's logits are needed.
   mask = jnp.pad(causal_mask(prompt_mask), ((0, 0), (0, 0), (0, capacity)))
-  cache = init_cache(cfg, batch, cache_len)
+  cache = init_cache(cfg, batch, cache_len, ring_local=ring_local)
   hidden, cache = forward(cfg, params, prompt_tokens, positions_from_mask(prompt_mask), mask,
                           cache, return_hidden=True)
   token, logprob = pick(_last_logits(cfg, params, hidden), 0)
@@ -232,13 +234,13 @@ def generate_padded(cfg: ModelConfig, params: Params, prompt_tokens: Array, prom
 
 _generate_jit = jax.jit(
     generate_padded, static_argnames=("cfg", "capacity", "greedy", "top_k", "use_top_p",
-                                      "pad_id", "return_logprobs"))
+                                      "pad_id", "return_logprobs", "ring_local"))
 
 
 def generate(cfg: ModelConfig, params: Params, prompt_tokens, prompt_mask, rng: Array,
              max_new_tokens: int, sampling: SamplingParams = SamplingParams(),
              stop_ids: Sequence[int] = DEFAULT_STOP_IDS, pad_id: int = PAD_ID,
-             return_logprobs: bool = False) -> SampleOutput:
+             return_logprobs: bool = False, ring_local: bool = True) -> SampleOutput:
   """Generates up to `max_new_tokens` tokens after each prompt.
 
   Args:
@@ -248,6 +250,7 @@ def generate(cfg: ModelConfig, params: Params, prompt_tokens, prompt_mask, rng: 
     rng: PRNG key; ignored when sampling greedily.
     stop_ids: a row ends after producing any of these (the stop token is kept in `tokens`).
     pad_id: fills `tokens` after a row's end (-1 is allowed, to tell padding apart).
+    ring_local: local layers keep a window-sized ring cache instead of every slot.
   """
   tokens = np.asarray(prompt_tokens)
   mask = np.asarray(prompt_mask).astype(bool)
@@ -292,7 +295,7 @@ def generate(cfg: ModelConfig, params: Params, prompt_tokens, prompt_mask, rng: 
       jnp.float32(sampling.temperature or 1.0), jnp.float32(sampling.top_p), stop_array,
       capacity=capacity, greedy=sampling.greedy, top_k=sampling.top_k,
       use_top_p=sampling.top_p < 1.0, pad_id=int(pad_id),
-      return_logprobs=return_logprobs)
+      return_logprobs=return_logprobs, ring_local=ring_local)
   return SampleOutput(
       tokens=out_tokens[:batch, :max_new_tokens], lengths=out_lengths[:batch],
       logprobs=None if out_logprobs is None else out_logprobs[:batch, :max_new_tokens])

@@ -75,7 +75,9 @@ def train(config: LoopConfig, state: TrainState, train_step: Callable, batches: 
           learning_rate_fn: Callable[[int], float] | None = None,
           flops_per_step: float | Callable[[Any], float] | None = None,
           tokens_per_step: Callable[[Any], int] = metrics_lib.count_tokens,
-          hooks: tuple[Hook, ...] | list[Hook] = ()) -> TrainResult:
+          hooks: tuple[Hook, ...] | list[Hook] = (),
+          step_of: Callable[[TrainState], int] | None = None,
+          place_batch: Callable[[Any, Mesh], Any] = distributed.global_batch) -> TrainResult:
   """Trains `state` up to `config.num_steps` with `train_step(state, batch)`.
 
   Args:
@@ -91,6 +93,11 @@ def train(config: LoopConfig, state: TrainState, train_step: Callable, batches: 
     flops_per_step: FLOPs of one step (or batch -> FLOPs) for MFU; default: XLA's count of
       the compiled step for each new batch shape.
     hooks: `Hook`s run every N steps (and never on a step whose metrics were not finite).
+    step_of: the loop step a state is at (default `state.step`). A step that makes several
+      optimizer updates (a PPO iteration) counts loop steps in its own unit: checkpoints,
+      logs and hooks are numbered by it.
+    place_batch: `(host batch, mesh) -> global batch` before each step (default: the host's
+      rows of a global array); a host-side step that takes prompts passes them through.
 
   Raises:
     NonFiniteLossError: a loss, gradient norm or the updated state became NaN/inf.
@@ -100,11 +107,12 @@ def train(config: LoopConfig, state: TrainState, train_step: Callable, batches: 
   for hook in hooks:
     if hook.every < 1:
       raise ValueError(f"hook every={hook.every} must be >= 1")
+  step_of = step_of or (lambda s: int(s.step))
   primary = distributed.is_primary()
   resumable = hasattr(batches, "get_state") and hasattr(batches, "set_state")
   if checkpointer is not None:
     latest = checkpointer.latest_step()
-    if latest is not None and latest > int(state.step):
+    if latest is not None and latest > step_of(state):
       restored = checkpointer.restore_latest(abstract_like(state), skipped_from=state)
       if restored is not None:
         del state
@@ -115,7 +123,7 @@ def train(config: LoopConfig, state: TrainState, train_step: Callable, batches: 
                              f"{type(batches).__name__}")
           batches.set_state(restored.data_state)
         log.info("resumed from step %d of %s", restored.step, checkpointer.directory)
-  start = int(state.step)
+  start = step_of(state)
   logger = metrics_lib.MetricsLogger(config.output_dir, config.num_steps, start,
                                      enabled=primary, progress_bar=config.progress_bar)
   peak = metrics_lib.peak_flops_per_device(mesh.devices.flat[0])
@@ -126,11 +134,12 @@ def train(config: LoopConfig, state: TrainState, train_step: Callable, batches: 
     if flops_per_step is not None:
       value = flops_per_step(batch) if callable(flops_per_step) else flops_per_step
       return value, "given"
+    lower = getattr(train_step, "lower", None)
+    if lower is None:  # a host-side step (PPO's iteration): XLA has no single program to count
+      return None, None
     key = tuple((x.shape, str(x.dtype)) for x in jax.tree.leaves(batch))
     if key not in flops_cache:
-      lower = getattr(train_step, "lower", None)
-      flops_cache[key] = (None if lower is None else
-                          metrics_lib.lowered_flops(lower(state, batch)))
+      flops_cache[key] = metrics_lib.lowered_flops(lower(state, batch))
     return flops_cache[key], "xla_cost_analysis" if flops_cache[key] else None
 
   history = {"loss": None, "tokens": 0, "steps_timed": 0, "flops_timed": 0.0,
@@ -203,7 +212,7 @@ def train(config: LoopConfig, state: TrainState, train_step: Callable, batches: 
         local_batch = next(batches)
       except StopIteration:
         raise ValueError(f"the data ran out after step {step} of {config.num_steps}") from None
-      batch = distributed.global_batch(local_batch, mesh)
+      batch = place_batch(local_batch, mesh)
       flops, source = step_flops(batch)
       flops_source = flops_source or source
       state, step_metrics = train_step(state, batch)

@@ -5,6 +5,10 @@ so 1 MiB of float32 logits per token, plus as much again for their gradient). Th
 form computes the same loss from the final hidden states a few positions at a time and
 recomputes each chunk's logits in the backward pass, so only [B, chunk, V] is ever live.
 
+Positions without loss (prompt tokens under a response-only mask, padding) need no logits:
+`loss_positions` gathers the weighted positions' hidden states, up to a static count, before
+the output projection (`gathered_next_token_cross_entropy`).
+
 `sft_loss_fn` / `sft_eval_fn` wrap it for trainable trees {"base", "lora"} (SFT, rejection
 sampling and distillation rounds all train with it).
 """
@@ -81,14 +85,55 @@ def chunked_next_token_cross_entropy(hidden: Array, embedding: Array, targets: A
   return total / jnp.maximum(count, 1.0), count
 
 
-def language_model_loss(config: model.ModelConfig, logits_chunk: int | None = None
+def gathered_next_token_cross_entropy(hidden: Array, embedding: Array, targets: Array,
+                                      weights: Array, max_positions: int,
+                                      final_logit_soft_cap: float | None = None,
+                                      chunk_size: int | None = None
+                                      ) -> tuple[Array, Array, Array]:
+  """The tied-output cross-entropy computed only at positions whose weight is non-zero.
+
+  The first `max_positions` weighted positions of the flattened [B * T] batch are gathered
+  (a static shape; unused rows get weight 0), so the [*, V] projection costs max_positions
+  rows instead of B * T. A batch with more weighted positions cannot be computed in that
+  shape: its loss is NaN (which stops the training loop) and `dropped` counts the excess.
+  A fallback branch (`lax.cond`) would keep both programs' buffers and FLOPs in the compiled
+  step, undoing the saving. Returns (loss, count, dropped). `chunk_size`: project the
+  gathered rows `chunked_next_token_cross_entropy`-wise.
+  """
+  if max_positions < 1:
+    raise ValueError(f"max_positions must be >= 1, got {max_positions}")
+  if hidden.shape[:-1] != targets.shape:
+    raise ValueError(f"hidden {hidden.shape} and targets {targets.shape} disagree on [B, T]")
+  flat_weights = weights.astype(jnp.float32).reshape(-1)
+  max_positions = min(max_positions, flat_weights.shape[0])
+  nonzero = jnp.sum(flat_weights != 0)
+  (index,) = jnp.nonzero(flat_weights, size=max_positions, fill_value=0)
+  used = jnp.arange(max_positions) < nonzero
+  pick = lambda x: x.reshape((-1,) + x.shape[2:])[index][None]
+  h, t = pick(hidden), pick(targets)
+  w = jnp.where(used, flat_weights[index], 0.0)[None]
+  if chunk_size:
+    loss, count = chunked_next_token_cross_entropy(h, embedding, t, w, final_logit_soft_cap,
+                                                   chunk_size)
+  else:
+    logits = soft_cap(jnp.einsum("btd,vd->btv", h, embedding).astype(jnp.float32),
+                      final_logit_soft_cap)
+    loss, count = next_token_cross_entropy(logits, t, w)
+  dropped = jnp.maximum(nonzero - max_positions, 0)
+  return jnp.where(dropped > 0, jnp.nan, loss), count, dropped
+
+
+def language_model_loss(config: model.ModelConfig, logits_chunk: int | None = None,
+                        loss_positions: int | None = None
                         ) -> Callable[..., tuple[Array, dict]]:
   """A `loss_fn(params, batch, rng, lora=None) -> (loss, aux)` for causal language modelling.
 
   `lora`: optional low-rank paths (`alignment.lora.adapter_paths`), for LoRA unmerged.
   `logits_chunk`: compute the loss `chunked_next_token_cross_entropy`-wise, this many
   positions at a time (same loss and gradients, far less activation memory); None computes
-  the full [B, T, V] logits.
+  the full [B, T, V] logits. `loss_positions`: project only the weighted positions, up to
+  this many per batch (`gathered_next_token_cross_entropy`: the same loss; a batch with
+  more gets a NaN loss, and aux["loss_positions_dropped"] says by how many).
 
   `batch["tokens"]` [B, L]: position i predicts token i+1. Optional fields, all [B, L]:
   `loss_mask` (token i counts as a target where it is nonzero), `input_mask` (False on
@@ -113,6 +158,15 @@ def language_model_loss(config: model.ModelConfig, logits_chunk: int | None = No
     weights = valid.astype(jnp.float32)
     if "loss_mask" in batch:
       weights = weights * batch["loss_mask"][:, 1:].astype(jnp.float32)
+    if loss_positions:
+      hidden, _ = model.forward(config, params, inputs, positions, mask, return_hidden=True,
+                                lora=lora)
+      embedding = params["embedder"]["input_embedding"].astype(config.dtype)
+      loss, count, dropped = gathered_next_token_cross_entropy(
+          hidden, embedding, targets, weights, loss_positions, config.final_logit_soft_cap,
+          logits_chunk)
+      return loss, {"num_target_tokens": count,
+                    "loss_positions_dropped": dropped.astype(jnp.float32)}
     if logits_chunk is None:
       logits, _ = model.forward(config, params, inputs, positions, mask, lora=lora)
       loss, count = next_token_cross_entropy(logits, targets, weights)
@@ -128,17 +182,22 @@ def language_model_loss(config: model.ModelConfig, logits_chunk: int | None = No
 
 
 def sft_loss_fn(cfg: model.ModelConfig, lcfg: lora_lib.LoraConfig | None,
-                unmerged: bool = False, logits_chunk: int = 0) -> Callable:
+                unmerged: bool = False, logits_chunk: int = 0,
+                loss_positions: int = 0) -> Callable:
   """The SFT training loss over {"base", "lora"} params.
 
   `unmerged`: LoRA as low-rank paths beside the frozen projections (x W + s (x A) B), so the
   base gets no weight gradient; otherwise the adapters are merged into the weights first
   (fewer, larger matmuls: faster on a CPU, see docs/PERFORMANCE.md). `logits_chunk` > 0
   computes the cross-entropy that many positions at a time, never the full [B, T, V] logits.
+  `loss_positions` > 0 computes logits only at positions with loss, up to that many a batch.
   """
   if logits_chunk < 0:
     raise ValueError(f"train.logits_chunk={logits_chunk} must be >= 0 (0 = the full logits)")
-  lm_loss = language_model_loss(cfg, logits_chunk or None)
+  if loss_positions < 0:
+    raise ValueError(f"train.loss_positions={loss_positions} must be >= 0 (0 = every "
+                     "position)")
+  lm_loss = language_model_loss(cfg, logits_chunk or None, loss_positions or None)
 
   def loss_fn(params, batch, rng):
     if unmerged and lcfg is not None:

@@ -9,6 +9,8 @@ The kernel drops a flock when its descriptor closes, so a process that dies in a
 
 Within one process the lock is re-entrant (tests and experiments run jobs on one workdir in
 turn); `released_on_return` wraps a job's `run` so the lock is let go when the job ends.
+A process that takes a workdir's lock owns the directory, so `hold` also removes the hidden
+temporary files of atomic writes killed earlier (`files.atomic.remove_stale_temporaries`).
 """
 
 from __future__ import annotations
@@ -18,11 +20,16 @@ import errno
 import fcntl
 import functools
 import json
+import logging
 import os
 import pathlib
 import socket
 from collections.abc import Callable
 from typing import Any
+
+from alignment.files import atomic
+
+log = logging.getLogger(__name__)
 
 LOCK_FILE = ".lock"
 
@@ -95,6 +102,10 @@ def hold(workdir: str | os.PathLike) -> RunLock:
   lock = _HELD.get(key)
   if lock is None or not lock.held:
     lock = _HELD[key] = RunLock(workdir).acquire()
+    removed = atomic.remove_stale_temporaries(workdir)
+    if removed:
+      log.warning("%s: removed %d temporary file(s) of writes killed before this run: %s",
+                  workdir, len(removed), ", ".join(str(p) for p in removed))
   return lock
 
 

@@ -20,6 +20,7 @@ import jax
 from alignment import lora as lora_lib
 from alignment import sharding
 from alignment.model.config import ModelConfig
+from alignment.schema import from_section
 from alignment.training import checkpointing, loop, optimizer
 from alignment.training import step as step_lib
 from alignment.training import train_state as train_state_lib
@@ -81,13 +82,11 @@ class TrainerConfig:
   def from_sections(cls, train: Any, checkpoint: Any, steps: int | None = None
                     ) -> TrainerConfig:
     """From a config's `train` and `checkpoint` sections (any mapping with those keys)."""
-    return cls(steps=train["steps"] if steps is None else steps,
-               learning_rate=train["learning_rate"], schedule=train["schedule"],
-               warmup_steps=train["warmup_steps"], weight_decay=train["weight_decay"],
-               max_grad_norm=train["max_grad_norm"] or None,
-               grad_accum_steps=train["grad_accum_steps"], log_every=train["log_every"],
-               progress_bar=train["progress_bar"], checkpoint_every=checkpoint["every"],
-               checkpoint_keep=checkpoint["keep"], async_save=checkpoint["async_save"])
+    return from_section(cls, train, "config.train",
+                        steps=train["steps"] if steps is None else steps,
+                        max_grad_norm=train["max_grad_norm"] or None,
+                        checkpoint_every=checkpoint["every"], checkpoint_keep=checkpoint["keep"],
+                        async_save=checkpoint["async_save"])
 
   def optimizer(self, frozen: tuple[str, ...]) -> optimizer.OptimizerConfig:
     updates = self.steps // self.grad_accum_steps

@@ -3,9 +3,10 @@
   python -m experiments.benchmarks.ppo_iteration [--prompts=8] [--new_tokens=32]
       [--warm_iterations=2] [--epochs=2] [--minibatches=2]
 
-Builds the `ppo` job's trainer from configs/ppo.py:demo_270m (LoRA policy and critic on one
-frozen base, toy token reward, Alpaca prompts) and runs one iteration to compile, then
-`warm_iterations` timed ones. Each phase ends in a host read of its results, so the times
+Runs the `ppo` job (`python -m alignment.main --config=configs/ppo.py:demo_270m`: LoRA policy
+and critic on one frozen base, toy token reward, Alpaca prompts) in a subprocess for one
+iteration to compile, then `warm_iterations` timed ones, and reads the per-iteration phase
+times from its result.json. Each phase ends in a host read of its results, so the times
 are wall-clock for finished work:
   generate  KV-cache sampling of `prompts` x `new_tokens` (stops at EOS/<end_of_turn>)
   score     policy + reference + critic pass over prompt+response, reward, advantages
@@ -16,8 +17,12 @@ counts prompts x new_tokens, the work the decode loop is sized for.
 
 from __future__ import annotations
 
+import json
 import logging
-import time
+import pathlib
+import subprocess
+import sys
+import tempfile
 from typing import Any
 
 import jax
@@ -25,40 +30,35 @@ import numpy as np
 from absl import app
 from absl import flags
 
-from alignment import sharding
-from alignment.jobs import ppo as ppo_job
-from configs import ppo as ppo_config
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
 
 def measure(prompts: int = 8, new_tokens: int = 32, warm_iterations: int = 2, epochs: int = 2,
             minibatches: int = 2, log=print) -> dict[str, Any]:
   """One compiling iteration, then `warm_iterations` timed ones; their mean time split."""
-  config = ppo_config.get_config("demo_270m")
-  config.rollout.update(prompts_per_iteration=prompts, max_new_tokens=new_tokens)
-  config.ppo.update(epochs=epochs, num_minibatches=minibatches)
-  config.train.iterations = 1 + warm_iterations
-  mesh = sharding.make_mesh(sharding.MeshConfig(-1, 1, 1))
-  trainer, state, prompt_batches, kl_ctl = ppo_job.build(config, mesh)
-  rng = jax.random.key(0)
+  iterations = 1 + warm_iterations
+  with tempfile.TemporaryDirectory() as workdir:
+    subprocess.run(
+        [sys.executable, "-m", "alignment.main", "--config=configs/ppo.py:demo_270m",
+         f"--config.workdir={workdir}", f"--config.rollout.prompts_per_iteration={prompts}",
+         f"--config.rollout.max_new_tokens={new_tokens}", f"--config.ppo.epochs={epochs}",
+         f"--config.ppo.num_minibatches={minibatches}", f"--config.train.iterations={iterations}",
+         f"--config.checkpoint.every={iterations}", "--config.train.progress_bar=False"],
+        check=True, cwd=REPO)
+    history = json.loads((pathlib.Path(workdir) / "result.json").read_text())["history"]
   rows = []
-  for it in range(1 + warm_iterations):
-    t0 = time.perf_counter()
-    rollout = trainer.generate(state, next(prompt_batches), jax.random.fold_in(rng, it))
-    t1 = time.perf_counter()
-    batch, metrics, _ = trainer.score(state, rollout, kl_ctl.value)
-    t2 = time.perf_counter()
-    state, _ = trainer.train(state, batch, jax.random.fold_in(rng, 1000 + it))
-    t3 = time.perf_counter()
-    tokens = int(rollout["batch"]["response_mask"].sum())
-    rows.append((t1 - t0, t2 - t1, t3 - t2, tokens))
-    shape = list(rollout["batch"]["tokens"].shape)
-    log(f"iteration {it + 1}{' (compiles)' if it == 0 else ''}: generate {t1 - t0:.2f} s, "
-        f"score {t2 - t1:.2f} s, train {t3 - t2:.2f} s; {tokens} tokens generated, "
-        f"reward {metrics['reward']:.3f}, kl {metrics['kl']:.3f}")
+  for h in history:
+    tokens = h["response_length"] * prompts
+    rows.append((h["time_generate"], h["time_score"], h["time_train"], tokens))
+    log(f"iteration {h['iteration']}{' (compiles)' if h['iteration'] == 1 else ''}: generate "
+        f"{h['time_generate']:.2f} s, score {h['time_score']:.2f} s, train "
+        f"{h['time_train']:.2f} s; {tokens:.0f} tokens generated, reward {h['reward']:.3f}, "
+        f"kl {h['kl']:.3f}")
   warm = np.array(rows[1:] if len(rows) > 1 else rows[:1], np.float64)
   gen, score, train, tokens = warm.mean(axis=0)
   return {"mode": "ppo", "model": "gemma3_270m embedded (configs/ppo.py:demo_270m)",
           "prompts": prompts, "new_tokens": new_tokens, "epochs": epochs,
-          "minibatches": minibatches, "batch_shape": shape,
+          "minibatches": minibatches, "batch_shape": history[-1]["rollout_shape"],
           "first_iteration_s": float(sum(rows[0][:3])), "generate_s": float(gen),
           "score_s": float(score), "train_s": float(train),
           "iteration_s": float(gen + score + train),
