@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import json
 import pathlib
+import re
 import time
 
 from alignment import lora as lora_lib
@@ -85,8 +86,10 @@ def markdown(rows: list[tuple[Case, aot.AotReport]]) -> str:
            "compile s |",
            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
   for case, r in rows:
-    temp = _gib(r.temp_bytes) if r.fits is not False or r.temp_bytes else (
-        r.error.split("(")[-1].split(")")[0] if r.error and "(" in r.error else "—")
+    temp = _gib(r.temp_bytes)
+    if r.error:  # refused: XLA's message names what the temporaries would need, "(22.86G)"
+      needed = re.search(r"\(([\d.]+G)\)", r.error)
+      temp = f"needs {needed.group(1)}" if needed else "—"
     flops = "—" if r.flops_per_step is None else f"{r.flops_per_step / 1e12:.1f}"
     lines.append(
         f"| {case.model} | {case.step} | {case.topology} ({r.num_chips}) | "
