@@ -12,6 +12,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
 from alignment.sharding import batch_shardings
@@ -40,6 +41,16 @@ def initialize(config: DistributedConfig) -> None:
 def is_primary() -> bool:
   """True on the one process that writes logs, summaries and progress bars."""
   return jax.process_index() == 0
+
+
+def fetch(tree: Any) -> Any:
+  """`tree`'s arrays as host numpy values on every process. An array spread over other
+  processes' devices is all-gathered, so every process must call this (a collective)."""
+  def one(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(jax.device_get(x))
+  return jax.tree.map(one, tree)
 
 
 def process_rows(sharding: NamedSharding, global_batch_size: int) -> slice:
@@ -73,7 +84,13 @@ def global_batch(local_batch: Any, mesh: Mesh) -> Any:
                        f"mesh but read rows [{index * per_host}, {(index + 1) * per_host})")
     return jax.make_array_from_process_local_data(sharding, local, global_shape)
 
-  global_shapes = jax.tree.map(
+  return jax.tree.map(one, local_batch, batch_shardings(mesh, global_shapes(local_batch)))
+
+
+def global_shapes(local_batch: Any) -> Any:
+  """Shape/dtype structs of the global batch whose per-process rows are `local_batch`
+  (every process holds the same number of rows): what batch shardings are built from."""
+  count = jax.process_count()
+  return jax.tree.map(
       lambda x: jax.ShapeDtypeStruct((np.shape(x)[0] * count, *np.shape(x)[1:]),
                                      np.asarray(x).dtype), local_batch)
-  return jax.tree.map(one, local_batch, batch_shardings(mesh, global_shapes))

@@ -21,7 +21,7 @@ from alignment import lora as lora_lib
 from alignment import sharding
 from alignment.model.config import ModelConfig
 from alignment.schema import from_section
-from alignment.training import checkpointing, loop, optimizer
+from alignment.training import checkpointing, distributed, loop, optimizer
 from alignment.training import step as step_lib
 from alignment.training import train_state as train_state_lib
 
@@ -125,13 +125,15 @@ class Trainer:
     self._step: Callable | None = None
 
   def compile(self, example_batch: Any) -> Callable:
-    """The jitted step (built once; `example_batch` fixes the batch shardings)."""
+    """The jitted step (built once; `example_batch`, this process's rows of a batch, fixes
+    the shardings of the global batch)."""
     if self._step is None:
       dtype = self.trainable.model_config.dtype
       self._step = step_lib.jit_train_step(
           step_lib.make_train_step(self.loss_fn, self.tx, None if dtype == "float32" else dtype),
           train_state_lib.state_shardings_of(self.state),
-          sharding.batch_shardings(self.mesh, example_batch), sharding.replicated(self.mesh))
+          sharding.batch_shardings(self.mesh, distributed.global_shapes(example_batch)),
+          sharding.replicated(self.mesh))
     return self._step
 
   def checkpointer(self, directory: str | pathlib.Path) -> checkpointing.Checkpointer:
