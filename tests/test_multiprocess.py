@@ -99,6 +99,10 @@ def adapters(workdir) -> dict[str, np.ndarray]:
     return {k: data[k] for k in data.files}
 
 
+# Its own CI step (.ci/run, bounded in time): gloo waits a fixed 30 s for the peer at the first
+# collective, which a loaded machine can miss, so a timing flake must not fail the suite.
+@pytest.mark.skipif(os.environ.get("ALIGNMENT_MULTIPROCESS_TEST") != "1",
+                    reason="two-process run: set ALIGNMENT_MULTIPROCESS_TEST=1 (.ci/run does)")
 def test_two_processes_train_like_one_and_resume_bit_identically_after_a_kill(
     tokenizer_path, tmp_path, data_dir):
   single, together, killed = tmp_path / "single", tmp_path / "together", tmp_path / "killed"
