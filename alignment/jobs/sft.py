@@ -116,19 +116,10 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   merged = distributed.fetch(merge(final_state.params)) if config.export_merged else None
   outputs: dict[str, Any] = {}
   if distributed.is_primary():
-<<<<<<< HEAD
-    outputs.update(common.save_lora(workdir, final_state.params, lcfg))
+    outputs.update(common.save_lora(workdir, {"lora": adapters}, lcfg))
     if config.export_merged:  # a LoRA run can also be exported later by configs/export.py
       outputs["merged_model"] = str(huggingface.save_safetensors(
-          cfg.replace(dtype="float32"), jax.device_get(merge(final_state.params)),
-          workdir / "merged_hf", tokenizer=tokenizer))
-=======
-    outputs.update(common.save_lora(workdir, {"lora": adapters}, lcfg))
-    if config.export_merged:
-      from alignment.checkpoints.huggingface import save_safetensors  # pylint: disable=import-outside-toplevel
-      outputs["merged_model"] = str(save_safetensors(
-          cfg.replace(dtype="float32"), merged, workdir / "merged_hf"))
->>>>>>> aot17
+          cfg.replace(dtype="float32"), merged, workdir / "merged_hf", tokenizer=tokenizer))
     summary = {"train": result.summary, "evaluations": history, "outputs": outputs,
                "train_examples": len(train_examples), "eval_examples": len(eval_examples),
                "tokenize": dataclasses.asdict(batches.stats) if batches.stats else None}
