@@ -64,7 +64,9 @@ def get_config(preset: str | None = "default") -> ml_collections.ConfigDict:
     c.data.update(source="synthetic", synthetic_pairs=192, max_length=24,
                   validation_fraction=0.25, max_validation_pairs=0)
     c.dpo.beta = 0.5
-    c.train.update(steps=12, batch_size=8, learning_rate=1e-2, warmup_steps=2, log_every=6,
+    # 3e-2: with the small default embedding init (model/layers.py) 1e-2 reached val loss
+    # 0.61 in 12 steps; 3e-2 reaches 0.52 (accuracy 0.92).
+    c.train.update(steps=12, batch_size=8, learning_rate=3e-2, warmup_steps=2, log_every=6,
                    progress_bar=False)
     c.eval.update(every=12, batch_size=16)
     c.checkpoint.every = 12

@@ -22,6 +22,7 @@ import transformers
 from safetensors import safe_open
 
 from alignment import model as M
+from alignment.model.layers import EMBED_INIT_STDDEV
 from alignment.checkpoints import huggingface as hf
 
 CASES = {
@@ -38,8 +39,10 @@ PROMPT_LEN, PADS, NEW_TOKENS = 20, (0, 5, 11), 32
 
 @functools.lru_cache(maxsize=None)
 def random_params(cfg: M.ModelConfig, seed: int = 0):
-  """Random weights, norm scales included (init leaves them at 0, which would hide a swap)."""
+  """Random weights, norm scales included (init leaves them at 0, which would hide a swap), and a
+  unit-stddev embedding table (the default small one gives near-zero logits, a weak check)."""
   params = M.init_params(cfg, jax.random.key(seed))
+  params["embedder"]["input_embedding"] = params["embedder"]["input_embedding"] / EMBED_INIT_STDDEV
   leaves, treedef = jax.tree.flatten(params)
   keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
   leaves = [x + 0.5 * jax.random.normal(k, x.shape) if x.ndim == 1 else x

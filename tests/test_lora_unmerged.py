@@ -183,6 +183,8 @@ SHARDED = textwrap.dedent("""
     cfg = M.get_config("tiny_gemma3")
     lcfg = L.LoraConfig(rank=4, alpha=8.0)
     base = M.init_params(cfg, jax.random.key(0))
+    # A unit-stddev table (the default small one leaves gradients near rounding level).
+    base["embedder"]["input_embedding"] /= M.layers.EMBED_INIT_STDDEV
     adapters = jax.tree.map(lambda x: x + 0.1, L.init_adapters(cfg, lcfg, jax.random.key(1)))
     tokens = jax.random.randint(jax.random.key(2), (4, 16), 0, cfg.vocab_size)
     valid = jnp.ones(tokens.shape, bool)

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from alignment.model.layers import EMBED_INIT_STDDEV
 from alignment import quantization as Q
 from alignment.model import config as model_config
 from alignment.model import transformer
@@ -17,7 +18,10 @@ pytest.importorskip("qwix")
 @pytest.fixture(scope="module")
 def tiny():
   cfg = model_config.get_config("tiny_gemma3")
-  return cfg, transformer.init_params(cfg, jax.random.key(0))
+  params = transformer.init_params(cfg, jax.random.key(0))
+  # A unit-stddev table, as a trained model's is far from zero (the default init is small).
+  params["embedder"]["input_embedding"] /= EMBED_INIT_STDDEV
+  return cfg, params
 
 
 @pytest.fixture(scope="module")

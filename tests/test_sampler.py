@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from alignment import model as M
+from alignment.model.layers import EMBED_INIT_STDDEV
 from alignment.jobs import generate as generate_job
 from alignment.prompts.templates import ALPACA
 from alignment.sampling import sampler as S
@@ -39,8 +40,8 @@ def lively_params(cfg: M.ModelConfig, seed: int = 0):
     name = jax.tree_util.keystr(path)
     if name.endswith("['scale']"):
       x = jax.random.normal(key, x.shape)
-    elif "input_embedding" in name:
-      x = x * 0.03
+    elif "input_embedding" in name:  # stddev 0.03, whatever the default init's is
+      x = x * (0.03 / EMBED_INIT_STDDEV)
     out.append(x)
   return jax.tree_util.tree_unflatten(treedef, out)
 
