@@ -464,3 +464,21 @@ def test_temporaries_of_killed_writes_are_swept_when_a_run_takes_the_workdir(tmp
   assert (workdir / "answers.jsonl").read_text() == "{}\n{}\n"
   assert json.loads((workdir / "result.json").read_text()) == {"train": {"status": "completed"}}
   assert sorted(workdir.rglob("*.tmp")) == sorted(kept)
+
+
+def test_a_directory_is_replaced_whole_or_not_at_all(tmp_path):
+  """`atomic.writing_directory` (HF folders, PEFT adapters): a failure inside the block leaves
+  the old folder and no temporary; success replaces it, old files gone."""
+  out = tmp_path / "merged"
+  with atomic.writing_directory(out) as tmp:
+    (tmp / "a.txt").write_text("first")
+  assert sorted(p.name for p in out.iterdir()) == ["a.txt"]
+  with pytest.raises(RuntimeError, match="disk full"):
+    with atomic.writing_directory(out) as tmp:
+      (tmp / "b.txt").write_text("half")
+      raise RuntimeError("disk full")
+  assert (out / "a.txt").read_text() == "first" and not (out / "b.txt").exists()
+  with atomic.writing_directory(out) as tmp:
+    (tmp / "b.txt").write_text("second")
+  assert sorted(p.name for p in out.iterdir()) == ["b.txt"]
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["merged"]  # no .tmp- / .old- left

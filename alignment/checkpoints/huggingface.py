@@ -17,8 +17,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import shutil
-import tempfile
 from typing import Any
 
 import jax
@@ -28,6 +26,7 @@ from flax import traverse_util
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
+from alignment.files import atomic
 from alignment.checkpoints.validate import validate_params
 from alignment.model.config import ModelConfig
 from alignment.model.transformer import param_shapes
@@ -574,10 +573,7 @@ def save_safetensors(cfg: ModelConfig, params: Params, out_dir: PathLike,
   hf_config = model_config_to_hf_config(cfg, family, dtype=str(np_dtype), tokenizer=tokenizer)
   generation = {**_token_ids(cfg, family, tokenizer), "_from_model_config": True}
 
-  out = pathlib.Path(out_dir).absolute()
-  out.parent.mkdir(parents=True, exist_ok=True)
-  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-  try:
+  with atomic.writing_directory(out_dir) as tmp:
     save_file(tensors, tmp / "model.safetensors", metadata={"format": "pt"})
     for name, content in (("config.json", hf_config), ("generation_config.json", generation)):
       with open(tmp / name, "w") as f:
@@ -585,14 +581,4 @@ def save_safetensors(cfg: ModelConfig, params: Params, out_dir: PathLike,
         f.write("\n")
     for name, data in (tokenizer_files(tokenizer) if tokenizer is not None else {}).items():
       (tmp / name).write_bytes(data)
-    if out.exists():
-      old = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-      os.replace(out, old / out.name)
-      os.replace(tmp, out)
-      shutil.rmtree(old)
-    else:
-      os.replace(tmp, out)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
-  return out
+  return pathlib.Path(out_dir).absolute()

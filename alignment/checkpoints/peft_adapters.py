@@ -19,8 +19,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import shutil
-import tempfile
 from typing import Any
 
 import jax
@@ -28,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from safetensors.numpy import save_file
 
+from alignment.files import atomic
 from alignment.lora.adapters import TARGETS, LoraConfig
 from alignment.model.config import ModelConfig
 
@@ -112,20 +111,7 @@ def save_peft_adapters(cfg: ModelConfig, adapters: Params, lora: LoraConfig,
                          f"says {lora.rank}")
   tensors = {k: v.astype(jnp.dtype(dtype)) for k, v in to_peft_tensors(cfg, adapters).items()}
   config = peft_config(cfg, adapters, lora, base_model_name_or_path)
-  out = pathlib.Path(out_dir).absolute()
-  out.parent.mkdir(parents=True, exist_ok=True)
-  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-  try:
+  with atomic.writing_directory(out_dir) as tmp:
     save_file(tensors, tmp / "adapter_model.safetensors", metadata={"format": "pt"})
     (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
-    if out.exists():  # moved aside first, so a failure never leaves neither folder
-      old = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-      os.replace(out, old / out.name)
-      os.replace(tmp, out)
-      shutil.rmtree(old)
-    else:
-      os.replace(tmp, out)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
-  return out
+  return pathlib.Path(out_dir).absolute()

@@ -18,6 +18,7 @@ import json
 import os
 import pathlib
 import re
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -55,6 +56,28 @@ def writing(path: str | os.PathLike, mode: str = "w",
   except BaseException:
     with contextlib.suppress(FileNotFoundError):
       os.unlink(tmp)
+    raise
+
+
+@contextlib.contextmanager
+def writing_directory(path: str | os.PathLike) -> Iterator[pathlib.Path]:
+  """A hidden temporary directory beside `path` to fill; when the block ends without an
+  exception it replaces `path` (an old one is moved aside first and then removed, so a
+  failure never leaves neither); on one, it is removed and `path` is left as it was."""
+  out = pathlib.Path(path).absolute()
+  out.parent.mkdir(parents=True, exist_ok=True)
+  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+  try:
+    yield tmp
+    if out.exists():
+      old = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+      os.replace(out, old / out.name)
+      os.replace(tmp, out)
+      shutil.rmtree(old)
+    else:
+      os.replace(tmp, out)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
     raise
 
 
