@@ -34,6 +34,7 @@ class Case:
   batch_size: int  # SFT: packed rows; PPO: one optimizer mini-batch
   seq_len: int  # SFT: row length; PPO: prompt + response (half each)
   mesh: tuple[int, int, int] = (1, -1, 1)  # data, fsdp, tensor: FSDP over the whole slice
+  unmerged: bool = False  # SFT: LoRA as x W + s (x A) B (no base weight gradient) vs merged
 
 
 def _pairs(model_name: str, step: str, topology: str, batch_size: int, seq_len: int):
@@ -53,6 +54,15 @@ CASES: tuple[Case, ...] = tuple(
     + _pairs("gemma_7b", "ppo_lora", "v6e:2x4", 16, 512))
 
 
+# Merged against unmerged LoRA (`--grid=lora`): the SFT step of 2B and 7B with remat=full,
+# each way, for the per-backend choice of `lora.unmerged` (docs/PERFORMANCE.md).
+LORA_CASES: tuple[Case, ...] = tuple(
+    Case(name, "sft_lora", topology, "full", 64, 512, unmerged=unmerged)
+    for name, topology in (("gemma_2b", "v5p:2x2x1"), ("gemma_7b", "v6e:2x4"))
+    for unmerged in (False, True))
+GRIDS = {"main": CASES, "lora": LORA_CASES}
+
+
 def model_config(case: Case) -> model.ModelConfig:
   """bfloat16 compute over float32 master weights, layers scanned, the case's remat."""
   return model.get_config(case.model).replace(dtype="bfloat16", scan_layers=True,
@@ -62,7 +72,7 @@ def model_config(case: Case) -> model.ModelConfig:
 def step_spec(case: Case) -> aot.StepSpec:
   cfg, lcfg = model_config(case), lora_lib.LoraConfig()
   if case.step == "sft_lora":
-    return aot.sft_lora_step(cfg, lcfg, case.batch_size, case.seq_len)
+    return aot.sft_lora_step(cfg, lcfg, case.batch_size, case.seq_len, case.unmerged)
   if case.step == "ppo_lora":
     half = case.seq_len // 2
     return rl_aot.ppo_lora_step(cfg, lcfg, ppo.PPOConfig(), case.batch_size, half,
@@ -81,10 +91,10 @@ def _gib(value: int | None) -> str:
 
 def markdown(rows: list[tuple[Case, aot.AotReport]]) -> str:
   """The table docs/MULTIHOST.md shows: one line per compile."""
-  lines = ["| model | step | slice (chips) | batch | remat | arguments / chip GiB | "
+  lines = ["| model | step | slice (chips) | batch | remat | LoRA | arguments / chip GiB | "
            "temporaries / chip GiB | peak / chip GiB | HBM / chip GiB | fits | TFLOP / step | "
            "compile s |",
-           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
   for case, r in rows:
     temp = _gib(r.temp_bytes)
     if r.error:  # refused: XLA's message names what the temporaries would need, "(22.86G)"
@@ -93,7 +103,8 @@ def markdown(rows: list[tuple[Case, aot.AotReport]]) -> str:
     flops = "—" if r.flops_per_step is None else f"{r.flops_per_step / 1e12:.1f}"
     lines.append(
         f"| {case.model} | {case.step} | {case.topology} ({r.num_chips}) | "
-        f"{case.batch_size} x {case.seq_len} | {case.remat} | {_gib(r.argument_bytes)} | "
+        f"{case.batch_size} x {case.seq_len} | {case.remat} | "
+        f"{'unmerged' if case.unmerged else 'merged'} | {_gib(r.argument_bytes)} | "
         f"{temp} | {_gib(r.peak_bytes)} | {_gib(r.hbm_bytes)} | "
         f"{'yes' if r.fits else 'no'} | {flops} | {r.compile_seconds:.0f} |")
   return "\n".join(lines) + "\n"
@@ -110,6 +121,8 @@ def _load(path: pathlib.Path) -> list[tuple[Case, aot.AotReport]]:
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--out", default="build/tpu_aot.md", help="markdown table (+ .json)")
+  parser.add_argument("--grid", default="main", choices=sorted(GRIDS),
+                      help="main: the CI table; lora: merged vs unmerged LoRA SFT")
   parser.add_argument("--shard", default="0/1",
                       help="i/n: compile cases i, i+n, ... (n processes share the grid)")
   parser.add_argument("--render", nargs="*", default=None,
@@ -119,12 +132,12 @@ def main(argv: list[str] | None = None) -> None:
   out.parent.mkdir(parents=True, exist_ok=True)
   if args.render is not None:
     rows = [row for path in args.render for row in _load(pathlib.Path(path))]
-    order = {case: i for i, case in enumerate(CASES)}
+    order = {case: i for i, case in enumerate(GRIDS[args.grid])}
     rows.sort(key=lambda row: order.get(row[0], len(order)))
   else:
     index, count = (int(x) for x in args.shard.split("/"))
     rows, start = [], time.perf_counter()
-    for case in CASES[index::count]:
+    for case in GRIDS[args.grid][index::count]:
       report = run_case(case)
       rows.append((case, report))
       print(json.dumps({"case": dataclasses.asdict(case), **dataclasses.asdict(report)}),

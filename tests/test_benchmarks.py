@@ -15,7 +15,7 @@ from alignment.model.config import get_config
 from alignment.model.masks import causal_mask
 from alignment.model.transformer import forward, init_cache, init_params
 from alignment.training import losses
-from experiments.benchmarks import accounting, measure, sampler_speed
+from experiments.benchmarks import accounting, measure, roofline, sampler_speed
 
 
 def _size(tree) -> int:
@@ -165,3 +165,39 @@ def test_bench_train_variants_run_the_same_loss(tiny1):
   assert [(r["mode"], r["logits_chunk"]) for r in rows] == [("train_lora", None),
                                                             ("train_lora_unmerged", 4)]
   assert rows[1]["first_loss"] == pytest.approx(rows[0]["first_loss"], rel=1e-5)
+
+
+def test_roofline_ceilings_are_measured_and_ratios_are_achieved_over_ceiling():
+  peak = roofline.matmul_peak(n=256, repeats=2)
+  read = roofline.read_bandwidth(nbytes=8 * 2**20, repeats=2)
+  copy = roofline.copy_bandwidth(nbytes=8 * 2**20, repeats=2)
+  # Any real machine: between 10 MFLOP/s and 10 PFLOP/s, 10 MB/s and 100 TB/s.
+  assert 1e7 < peak < 1e16 and 1e7 < read < 1e14 and 1e7 < copy < 1e14
+  assert roofline.best({"a": 1.0, "b": 5.0}, {"a": 3.0, "b": 2.0}) == {"a": 3.0, "b": 5.0}
+  rows = roofline.with_ratios(
+      [{"mode": "train_lora", "flops_per_s": 3e9}, {"mode": "decode", "bytes_per_s": 1e9},
+       {"mode": "prefill", "flops_per_s": None}],
+      {"matmul_flops_per_s": 1.2e10, "read_bytes_per_s": 4e9, "copy_bytes_per_s": 1e9})
+  assert rows[0]["flops_ratio"] == pytest.approx(0.25) and "bytes_ratio" not in rows[0]
+  assert rows[1]["bytes_ratio"] == pytest.approx(0.25) and "flops_ratio" not in rows[1]
+  assert "flops_ratio" not in rows[2]
+
+
+def test_prefill_flops_count_the_vocabulary_projection_at_the_last_position_only(tiny1):
+  """The sampler's prefill decodes one position: XLA's count of that program (hidden states,
+  then the last position's logits) matches `prefill_flops`, not the full forward."""
+  cfg, params = tiny1
+  batch, seq = 2, 64
+  tokens = jnp.zeros((batch, seq), jnp.int32)
+  positions = jnp.broadcast_to(jnp.arange(seq), (batch, seq))
+  mask = causal_mask(jnp.ones((batch, seq), bool))
+
+  def prefill(p, t):
+    hidden = forward(cfg, p, t, positions, mask, return_hidden=True)[0]
+    return jnp.einsum("bd,vd->bv", hidden[:, -1], p["embedder"]["input_embedding"])
+
+  xla = jax.jit(prefill).lower(params, tokens).compile().cost_analysis()
+  xla = xla[0] if isinstance(xla, (list, tuple)) else xla
+  analytic = accounting.prefill_flops(cfg, batch, seq)
+  assert analytic < accounting.forward_flops(cfg, batch, seq)
+  assert analytic <= xla["flops"] <= 1.06 * analytic

@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from alignment.model import layers
+from alignment.model import activations, layers
 from alignment.model.config import AttentionImpl, AttentionType
 from alignment.model.low_rank import LowRank, add_low_rank
 
@@ -151,6 +151,9 @@ class Attention(nn.Module):
     q = layers.apply_rope(q, positions, self.rope_base, self.rope_scale)
     k = layers.apply_rope(k, positions, self.rope_base, self.rope_scale)
     q = q * jnp.asarray(self.query_pre_attn_scalar**-0.5, q.dtype)
+    q = activations.constrain(q, activations.QUERIES)
+    k = activations.constrain(k, activations.KEYS)
+    v = activations.constrain(v, activations.KEYS)
 
     seq_len = x.shape[1]
     zero = jnp.zeros((), jnp.int32)
@@ -190,6 +193,7 @@ class Attention(nn.Module):
       dtype = jnp.dtype(self.dtype)
       out = jax.nn.dot_product_attention(q.astype(dtype), k.astype(dtype), v.astype(dtype),
                                          mask=mask[:, None], scale=1.0, implementation=impl)
+    out = activations.constrain(out, activations.QUERIES)
     return add_low_rank(jnp.einsum("btnh,nhd->btd", out, wo), out, lora.get("o")), new_cache
 
   def _explicit_attention(self, q: Array, k: Array, v: Array, mask: Array) -> Array:

@@ -10,6 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from alignment.model import activations
 from alignment.model.low_rank import LowRank, add_low_rank
 
 Array = jax.Array
@@ -103,7 +104,8 @@ class FeedForward(nn.Module):
                              self.param_dtype).astype(self.dtype)
     gate = add_low_rank(jnp.einsum("btd,df->btf", x, gating[0]), x, lora.get("gate"))
     up = add_low_rank(jnp.einsum("btd,df->btf", x, gating[1]), x, lora.get("up"))
-    hidden = nn.gelu(gate, approximate=True) * up
+    hidden = activations.constrain(nn.gelu(gate, approximate=True) * up,
+                                   activations.MLP_HIDDEN)
     return add_low_rank(jnp.einsum("btf,fd->btd", hidden, linear), hidden, lora.get("down"))
 
 

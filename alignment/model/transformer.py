@@ -25,7 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from alignment.model import layers
+from alignment.model import activations, layers
 from alignment.model.attention import Attention, LayerCache
 from alignment.model.config import AttentionType, ModelConfig
 from alignment.model.low_rank import LowRank, check_paths
@@ -52,6 +52,7 @@ class Block(nn.Module):
                lora: dict[str, LowRank] | None = None):
     cfg = self.config
     norm = lambda name: layers.RMSNorm("embed", cfg.norm_eps, cfg.param_dtype, name=name)
+    x = activations.constrain(x, activations.RESIDUAL)
     is_global = self.attention_type == "global"
     attn = Attention(
         num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim,
@@ -66,7 +67,7 @@ class Block(nn.Module):
     h, cache = attn(norm("pre_attention_norm")(x), positions, mask, cache, cache_index, lora)
     if cfg.use_post_attn_norm:
       h = norm("post_attention_norm")(h)
-    x = x + h
+    x = activations.constrain(x + h, activations.RESIDUAL)
     h = layers.FeedForward(cfg.embed_dim, cfg.hidden_dim, cfg.dtype, cfg.param_dtype,
                            name="mlp")(norm("pre_ffw_norm")(x), lora)
     if cfg.use_post_ffw_norm:
@@ -176,7 +177,7 @@ class Transformer(nn.Module):
     lora = lora or {}
     embedder = layers.Embedder(cfg.vocab_size, cfg.embed_dim, cfg.dtype, cfg.param_dtype,
                                name="embedder")
-    x = embedder.encode(tokens)
+    x = activations.constrain(embedder.encode(tokens), activations.RESIDUAL)
     new_cache = None if cache is None else {"index": cache["index"] + tokens.shape[1]}
     if cfg.scan_layers and not self.is_initializing():
       # Initialisation runs the unrolled loop below, so both modes create the same tree.
@@ -197,8 +198,8 @@ class Transformer(nn.Module):
     x = layers.RMSNorm("embed", cfg.norm_eps, cfg.param_dtype, name="final_norm")(x)
     if return_hidden:
       return x, new_cache
-    logits = layers.soft_cap(embedder.decode(x).astype(jnp.float32), cfg.final_logit_soft_cap)
-    return logits, new_cache
+    logits = activations.constrain(embedder.decode(x), activations.LOGITS)
+    return layers.soft_cap(logits.astype(jnp.float32), cfg.final_logit_soft_cap), new_cache
 
 
 def _dummy_inputs(batch: int = 1, length: int = 1):

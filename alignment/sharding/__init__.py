@@ -2,5 +2,6 @@
 
 from alignment.sharding.mesh import AXES, MeshConfig, make_mesh
 from alignment.sharding.rules import (
-    LOGICAL_AXIS_RULES, batch_sharding, batch_shardings, logical_to_shardings,
-    param_shardings, replicated)
+    LOGICAL_AXIS_RULES, activation_constraints, activation_sharding, batch_sharding,
+    batch_shardings, logical_to_shardings, param_shardings, replicated,
+    with_activation_constraints)

@@ -7,7 +7,9 @@ that decides how those names land on the (data, fsdp, tensor) mesh:
   every matrix, all-gathered just in time), and along their "many heads / wide" axis
   (`vocab`, `heads`, `kv_heads`, `mlp`) over `tensor` (Megatron style);
 * activations split `batch` over both `data` and `fsdp`, since fsdp devices see different
-  examples too; `length` stays whole.
+  examples too; `length` and the hidden feature axis (`act_embed`) stay whole; the decoder's
+  named activations (`alignment.model.activations`) get these as sharding constraints inside
+  every train step (`activation_constraints`).
 
 A dimension that its mesh axes do not divide (e.g. one KV head on a tensor axis of 4) is
 replicated instead of failing: that costs memory only on that small tensor.
@@ -15,18 +17,23 @@ replicated instead of failing: that costs memory only on that small tensor.
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+import functools
+from typing import Any, Callable, Iterator
 
 import flax.linen as nn
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from alignment import model
+from alignment.model import activations
 
 LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
-    # Activations.
+    # Activations (the names of `alignment.model.activations`; their heads, kv_heads, mlp and
+    # vocab axes follow the parameter rules below, so tensor parallelism splits both alike).
     ("batch", ("data", "fsdp")),
     ("length", None),
+    ("act_embed", None),
     # Parameters.
     ("vocab", "tensor"),
     ("embed", "fsdp"),
@@ -97,3 +104,30 @@ def batch_shardings(mesh: Mesh, batch: Any) -> Any:
 
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
+
+
+def activation_sharding(mesh: Mesh, names: tuple[str | None, ...], shape: tuple[int, ...],
+                        rules=LOGICAL_AXIS_RULES) -> NamedSharding:
+  """Where an activation with logical `names` lives on `mesh` (undivided dims replicated)."""
+  spec = nn.logical_to_mesh_axes(names, rules)
+  return NamedSharding(mesh, _fit_to_shape(spec, shape, mesh))
+
+
+@contextlib.contextmanager
+def activation_constraints(mesh: Mesh, rules=LOGICAL_AXIS_RULES) -> Iterator[None]:
+  """While tracing inside the block, the decoder's named activations are constrained to the
+  shardings the rules table gives them on `mesh`, so XLA's propagation does not have to guess
+  (e.g. keep the MLP hidden split over `tensor` between the two matmuls)."""
+  def constrain(x, names):
+    return jax.lax.with_sharding_constraint(x, activation_sharding(mesh, names, x.shape, rules))
+  with activations.constrained_by(constrain):
+    yield
+
+
+def with_activation_constraints(fn: Callable, mesh: Mesh) -> Callable:
+  """`fn` traced under `activation_constraints(mesh)` (wrap before `jax.jit`)."""
+  @functools.wraps(fn)
+  def wrapped(*args, **kwargs):
+    with activation_constraints(mesh):
+      return fn(*args, **kwargs)
+  return wrapped

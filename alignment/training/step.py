@@ -7,8 +7,9 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import Sharding
+from jax.sharding import NamedSharding, Sharding
 
+from alignment import sharding
 from alignment.training.train_state import TrainState
 
 Array = jax.Array
@@ -55,6 +56,10 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation,
 def jit_train_step(step: TrainStep, state_shardings: TrainState, batch_shardings: Any,
                    metrics_sharding: Sharding) -> Callable:
   """Jits `step` with explicit in/out shardings; the input state's buffers are donated
-  (reused for the output state), so a step needs no second copy of params and moments."""
+  (reused for the output state), so a step needs no second copy of params and moments. The
+  model's named activations are constrained on the mesh of `metrics_sharding` (the rules
+  table's activation entries)."""
+  if isinstance(metrics_sharding, NamedSharding):
+    step = sharding.with_activation_constraints(step, metrics_sharding.mesh)
   return jax.jit(step, in_shardings=(state_shardings, batch_shardings),
                  out_shardings=(state_shardings, metrics_sharding), donate_argnums=0)

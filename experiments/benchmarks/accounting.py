@@ -97,6 +97,13 @@ def forward_flops(cfg: ModelConfig, batch_size: int, seq_len: int) -> float:
   return metrics.model_flops_per_step(cfg, batch_size, seq_len) / 3.0
 
 
+def prefill_flops(cfg: ModelConfig, batch_size: int, prompt_len: int) -> float:
+  """FLOPs of the sampler's prefill: a forward pass whose vocabulary projection runs at the
+  last position only (the sampler needs no other logits)."""
+  skipped = 2.0 * cfg.vocab_size * cfg.embed_dim * batch_size * (prompt_len - 1)
+  return forward_flops(cfg, batch_size, prompt_len) - skipped
+
+
 def decode_flops_per_step(cfg: ModelConfig, batch_size: int, kv_len: int) -> float:
   """Forward FLOPs of one decode step: one new token per row attending over `kv_len` slots."""
   per_token = 2.0 * cfg.num_params() + attention_flops_per_token(cfg, kv_len) / 3.0

@@ -176,7 +176,7 @@ def bench_sampler(cfg, params: Any, batch_size: int, prompt_len: int, new_tokens
   param_dtype = jax.tree.leaves(params)[0].dtype
   step_bytes = accounting.decode_bytes_per_step(cfg, batch_size, kv_len, param_dtype, cfg.dtype)
   bandwidth = accounting.hbm_bandwidth_per_device()
-  prefill_flops = accounting.forward_flops(cfg, batch_size, prompt_len)
+  prefill_flops = accounting.prefill_flops(cfg, batch_size, prompt_len)
   peak = accounting.peak_flops_per_device()
   return [
       {"mode": "prefill", "batch": batch_size, "prompt": prompt_len, "new": 1,

@@ -17,7 +17,9 @@ budget; decode = a call with 1 + new_tokens minus the prefill call. Decode also 
 bytes a step must read (all parameters + the allocated KV cache) and what fraction of the HBM
 bandwidth bound it reaches. `ppo` times one PPO iteration of the embedded 270M PPO demo setup
 (`ppo_iteration.py`; batch_size prompts x new_tokens) split into generate / score / train,
-whatever `--model` says. Timings: one warm call, then the median of `steps` (train) or best
+whatever `--model` says. `--roofline` (default on) also measures this machine's dense-matmul
+peak and memory read bandwidth (`roofline.py`, before and after the runs, best kept) and prints each achieved figure as a ratio to them
+(`flops_ratio`, `bytes_ratio`): the CPU's stand-in for MFU and the HBM fraction. Timings: one warm call, then the median of `steps` (train) or best
 of `repeats`.
 
 Never run in CI: at real sizes it takes minutes; `tests/test_benchmarks.py` checks the
@@ -34,7 +36,7 @@ from absl import app, flags
 
 from alignment import lora as lora_lib
 from alignment.checkpoints.loading import load_model
-from experiments.benchmarks import accounting, ppo_iteration
+from experiments.benchmarks import accounting, ppo_iteration, roofline
 from experiments.benchmarks.measure import (SAMPLE_COLUMNS, TRAIN_COLUMNS, WHAT, bench_ppo,
                                             bench_sampler, bench_train, environment,
                                             model_section)
@@ -54,6 +56,8 @@ _RANK = flags.DEFINE_integer("lora_rank", 8, "LoRA rank (all 7 projections targe
 _CHUNK = flags.DEFINE_integer("logits_chunk", 0, "Chunked cross-entropy over this many "
                                "positions at a time (0: full [B, T, V] logits).")
 _OUTPUT = flags.DEFINE_string("output", "", "Write the results here as JSON.")
+_ROOFLINE = flags.DEFINE_bool("roofline", True, "Measure this machine's matmul peak and copy "
+                              "bandwidth first; rows get flops_ratio / bytes_ratio to them.")
 
 
 def main(argv: list[str]) -> None:
@@ -67,6 +71,7 @@ def main(argv: list[str]) -> None:
   cfg, base, _ = load_model(model_section(_MODEL.value, _CHECKPOINT.value, _DTYPE.value))
   print(f"loaded {_MODEL.value} ({_CHECKPOINT.value}, {cfg.num_params() / 1e6:.0f}M params) in "
         f"{time.perf_counter() - start:.1f} s")
+  before = roofline.ceilings(_DTYPE.value) if _ROOFLINE.value else None
   b, t = _BATCH.value, _SEQ.value
   train_rows, sample_rows, other = [], [], []
   chunk = _CHUNK.value or None
@@ -85,14 +90,23 @@ def main(argv: list[str]) -> None:
                                             _REPEATS.value) if r["mode"] in _WHAT.value]
   if "ppo" in _WHAT.value:
     other.append(bench_ppo(b, _NEW.value))
+  ceiling = None
+  if _ROOFLINE.value:
+    ceiling = roofline.best(before, roofline.ceilings(_DTYPE.value))
+    print(f"roofline ({_DTYPE.value}, best of before/after): matmul peak "
+          f"{ceiling['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s, read bandwidth "
+          f"{ceiling['read_bytes_per_s'] / 1e9:.2f} GB/s, copy (read + write) "
+          f"{ceiling['copy_bytes_per_s'] / 1e9:.2f} GB/s")
+    train_rows = roofline.with_ratios(train_rows, ceiling)
+    sample_rows = roofline.with_ratios(sample_rows, ceiling)
   if train_rows:
-    print(accounting.format_table(train_rows, TRAIN_COLUMNS))
+    print(accounting.format_table(train_rows, TRAIN_COLUMNS + ("flops_ratio",)))
   if sample_rows:
-    print(accounting.format_table(sample_rows, SAMPLE_COLUMNS))
+    print(accounting.format_table(sample_rows, SAMPLE_COLUMNS + ("flops_ratio", "bytes_ratio")))
   for row in other:
     print(ppo_iteration.summary(row))
   result = {"environment": env, "model": _MODEL.value, "checkpoint": _CHECKPOINT.value,
-            "dtype": _DTYPE.value, "train": train_rows, "sampling": sample_rows,
+            "dtype": _DTYPE.value, "roofline": ceiling, "train": train_rows, "sampling": sample_rows,
             "other": other}
   if _OUTPUT.value:
     with open(_OUTPUT.value, "w") as f:
