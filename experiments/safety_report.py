@@ -15,8 +15,8 @@ import json
 import pathlib
 from collections.abc import Sequence
 
+from alignment.answers.records import ANSWERS_FILE, RESULT_FILE, read_answers
 from alignment.evaluation import report
-from alignment.evaluation.records import ANSWERS_FILE, RESULT_FILE, read_answers
 
 
 def _read_json(path: pathlib.Path) -> dict:

@@ -34,11 +34,11 @@ from typing import Any
 
 import ml_collections
 
+from alignment.answers.records import ANSWERS_FILE, AnswerRecord, read_answers
 from alignment.data import sources
 from alignment.evaluation import report as report_lib
 from alignment.evaluation import model_source
 from alignment.evaluation import sets as eval_sets
-from alignment.evaluation.records import ANSWERS_FILE, AnswerRecord, read_answers
 from alignment.evaluation.scorers import HARMFULNESS
 from configs import evaluate as evaluate_config
 from experiments.commands import run_job

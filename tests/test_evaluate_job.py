@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from alignment import lora as lora_lib
+from alignment.answers import records
 from alignment.checkpoints.loading import load_model
 from alignment.data import sources
-from alignment.evaluation import generation, records, scorers
+from alignment.evaluation import generation, scorers
 from alignment.judges import refusal
 from alignment.evaluation.model_source import resolve_model
 from alignment.jobs import evaluate

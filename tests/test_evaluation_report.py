@@ -8,9 +8,9 @@ import struct
 
 import pytest
 
+from alignment.answers.records import AnswerRecord, read_answers, write_answers
 from alignment.data.readers import DataError
 from alignment.evaluation import report, scorers, xstest
-from alignment.evaluation.records import AnswerRecord, read_answers, write_answers
 from alignment.evaluation.report import RunMeta
 
 REFUSE = "I'm sorry, but I cannot help with that."

@@ -32,7 +32,7 @@ import math
 import pathlib
 from collections.abc import Iterable, Mapping, Sequence
 
-from alignment.evaluation.records import AnswerRecord
+from alignment.answers.records import AnswerRecord
 from alignment.evaluation.scorers import HARMFULNESS, HELPFULNESS, REFUSAL
 from alignment.evaluation.xstest import XSTEST_SET, XSTestRates, xstest_rates
 from alignment.files import atomic

@@ -32,6 +32,8 @@ import jax
 import ml_collections
 
 from alignment import schema
+from alignment.answers.records import ANSWERS_FILE, RESULT_FILE, AnswerRecord, write_answers
+from alignment.answers.scorer import Scorer
 from alignment.data import sources
 from alignment.data.records import EvalPrompt
 from alignment.evaluation import attacks as attacks_lib
@@ -39,7 +41,6 @@ from alignment.evaluation import generation, report, scorers
 from alignment.evaluation import model_source
 from alignment.evaluation.model_source import load_params, resolve_model
 from alignment.evaluation.sets import load_prompts, parse_sets
-from alignment.evaluation.records import ANSWERS_FILE, RESULT_FILE, AnswerRecord, write_answers
 from alignment.jobs import common
 from alignment.prompts.templates import PromptTemplate
 from alignment.quantization import quantize_params
@@ -110,7 +111,7 @@ def quantize(params, scheme: str):
   return quantize_params(params, scheme) if scheme else params
 
 
-def score_records(records: Sequence[AnswerRecord], named: dict[str, scorers.Scorer],
+def score_records(records: Sequence[AnswerRecord], named: dict[str, Scorer],
                   originals: dict[tuple[str, str], str]) -> list[AnswerRecord]:
   """Scores every record; an attacked one is judged against its original prompt.
 

@@ -28,9 +28,9 @@ from typing import Any
 import jax
 import ml_collections
 
+from alignment.answers.records import AnswerRecord, write_answers
 from alignment.data.records import EvalPrompt
 from alignment.evaluation import generation, report, scorers
-from alignment.evaluation.records import AnswerRecord, write_answers
 from alignment.evaluation.model_source import load_params, resolve_model
 from alignment.evaluation.sets import load_prompts, parse_sets
 from alignment.jobs import common
