@@ -38,9 +38,11 @@ from alignment.data import sources
 from alignment.data.records import EvalPrompt
 from alignment.evaluation import attacks as attacks_lib
 from alignment.evaluation import generation, report, scorers
+from alignment.evaluation.attack_summary import HARM_THRESHOLD, summarize_attacks
 from alignment.evaluation import model_source
 from alignment.evaluation.model_source import load_params, resolve_model
 from alignment.evaluation.sets import load_prompts, parse_sets
+from alignment.evaluation.summary import summarize_run
 from alignment.jobs import common
 from alignment.prompts.templates import PromptTemplate
 from alignment.quantization import quantize_params
@@ -213,11 +215,11 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   records = score_records(records, named, {(p.source, p.id): p.prompt for p in prompts})
   score_seconds = time.perf_counter() - start
   write_answers(answers_path, records)
-  summary = report.summarize_run(records)
+  summary = summarize_run(records)
   # The same cut either way: -r > 0 iff 1 - sigmoid(r) > 0.5.
-  threshold = (report.HARM_THRESHOLD if config.scoring.harmfulness_kind == "probability"
+  threshold = (HARM_THRESHOLD if config.scoring.harmfulness_kind == "probability"
                else 0.0)
-  attack_summary = report.summarize_attacks(records, threshold)
+  attack_summary = summarize_attacks(records, threshold)
   title = f"Evaluation of {config.run_dir or source.model.get('checkpoint')}"
   if source.adapters:
     title += f" + {source.adapters}"
