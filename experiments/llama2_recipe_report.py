@@ -25,8 +25,8 @@ import numpy as np
 from absl import app
 from absl import flags
 
+from alignment.answers.records import AnswerRecord, read_answers
 from alignment.evaluation import stats
-from alignment.evaluation.records import AnswerRecord, read_answers
 from experiments import reproduction_report as grid_report
 
 STAGES = ("start", "rs", "ppo", "cd", "cd_targeted", "dpo")

@@ -31,9 +31,9 @@ import pathlib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from alignment.answers.records import AnswerRecord, read_answers
 from alignment.evaluation import stats
 from alignment.judges import refusal
-from alignment.evaluation.records import AnswerRecord, read_answers
 
 ANSWERS = "answers.jsonl"
 # The paper's unsafe sets (I-Controversial carries no label in the data; its prompts ask for

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from absl import app
 from absl import flags
 
-from alignment.evaluation.records import AnswerRecord
+from alignment.answers.records import AnswerRecord
 from alignment.files import atomic
 from alignment.reward.saved import load_reward_model
 from alignment.reward.scorer import RewardScorer

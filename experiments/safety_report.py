@@ -15,8 +15,9 @@ import json
 import pathlib
 from collections.abc import Sequence
 
+from alignment.answers.records import ANSWERS_FILE, RESULT_FILE, read_answers
 from alignment.evaluation import report
-from alignment.evaluation.records import ANSWERS_FILE, RESULT_FILE, read_answers
+from alignment.evaluation.summary import RunMeta, RunSummary, summarize_run
 
 
 def _read_json(path: pathlib.Path) -> dict:
@@ -26,7 +27,7 @@ def _read_json(path: pathlib.Path) -> dict:
     raise ValueError(f"{path}: not valid JSON ({e})") from None
 
 
-def run_meta(eval_dir: pathlib.Path) -> report.RunMeta:
+def run_meta(eval_dir: pathlib.Path) -> RunMeta:
   """K and format of the SFT run an evaluation belongs to.
 
   The SFT config is the one named by the evaluation's run_dir, else the evaluation
@@ -42,7 +43,7 @@ def run_meta(eval_dir: pathlib.Path) -> report.RunMeta:
   data = _read_json(config_path).get("data")
   if not isinstance(data, dict) or "num_safety" not in data:
     raise ValueError(f"{config_path}: no data.num_safety (not an SFT run config)")
-  return report.RunMeta(safety_examples=int(data["num_safety"]),
+  return RunMeta(safety_examples=int(data["num_safety"]),
                         format=str(data.get("safety_format", "instruction")))
 
 
@@ -56,7 +57,7 @@ def find_evaluations(sweep_dir: str | pathlib.Path, eval_subdir: str = "eval"
 
 
 def gather(sweep_dir: str | pathlib.Path, eval_subdir: str = "eval"
-           ) -> dict[report.RunMeta, report.RunSummary]:
+           ) -> dict[RunMeta, RunSummary]:
   """{RunMeta: RunSummary} of every finished evaluation in the sweep.
 
   Runs sharing K and format (e.g. several seeds) are told apart by their run directory names.
@@ -69,8 +70,8 @@ def gather(sweep_dir: str | pathlib.Path, eval_subdir: str = "eval"
   summaries = {}
   for meta, eval_dir in found:
     if metas.count(meta) > 1:
-      meta = report.RunMeta(meta.safety_examples, meta.format, eval_dir.parent.name)
-    summaries[meta] = report.summarize_run(read_answers(eval_dir / ANSWERS_FILE))
+      meta = RunMeta(meta.safety_examples, meta.format, eval_dir.parent.name)
+    summaries[meta] = summarize_run(read_answers(eval_dir / ANSWERS_FILE))
   return summaries
 
 

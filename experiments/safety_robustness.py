@@ -34,12 +34,15 @@ from typing import Any
 
 import ml_collections
 
+from alignment.answers.records import ANSWERS_FILE, AnswerRecord, read_answers
 from alignment.data import sources
-from alignment.evaluation import report as report_lib
 from alignment.evaluation import model_source
 from alignment.evaluation import sets as eval_sets
-from alignment.evaluation.records import ANSWERS_FILE, AnswerRecord, read_answers
+from alignment.evaluation.attack_summary import summarize_attacks
+from alignment.evaluation.report import write_markdown_and_json
 from alignment.evaluation.scorers import HARMFULNESS
+from alignment.evaluation.summary import mean_of, summarize_run
+from alignment.evaluation.tables import Table
 from configs import evaluate as evaluate_config
 from experiments.commands import run_job
 from configs import sft as sft_config
@@ -290,21 +293,21 @@ COLUMNS = ["condition", "fine-tuning steps", "unsafe refusal %", "XSTest safe fa
 
 
 def condition_metrics(records: Sequence[AnswerRecord]) -> dict[str, Any]:
-  """The report's figures for one condition, from its scored answers (report.summarize_run's
+  """The report's figures for one condition, from its scored answers (summary.summarize_run's
   definitions; harmfulness = mean over answers to unsafe prompts that have a score)."""
-  summary = report_lib.summarize_run(records)
+  summary = summarize_run(records)
   plain = [r for r in records if r.attack is None]
   unsafe = [r for r in plain if r.label == "unsafe"]
   out = {"unsafe refusal %": summary.unsafe_refusal_rate,
          "XSTest safe false refusal %": summary.false_refusal_rate,
-         "harmfulness (unsafe)": report_lib.mean_of(r.scores.get(HARMFULNESS) for r in unsafe),
+         "harmfulness (unsafe)": mean_of(r.scores.get(HARMFULNESS) for r in unsafe),
          "helpfulness": summary.helpfulness,
          "n unsafe": len(unsafe),
          "n XSTest safe": sum(r.set == "xstest" and r.label == "safe" for r in plain)}
   if any(r.attack is not None for r in records):
-    attacks = report_lib.summarize_attacks(records)
+    attacks = summarize_attacks(records)
     asrs = [row.asr for name, row in attacks.rows.items() if row.asr is not None]
-    out["mean attack ASR"] = report_lib.mean_of(asrs)
+    out["mean attack ASR"] = mean_of(asrs)
   return out
 
 
@@ -327,8 +330,7 @@ def write_report(workdir: pathlib.Path, conds: Sequence[Condition],
   columns = list(COLUMNS)
   if any("mean attack ASR" in m for _, m in rows):
     columns.append("mean attack ASR")
-  table = report_lib.Table(columns, [[c.name, c.steps, *(m.get(k) for k in columns[2:])]
-                                     for c, m in rows])
+  table = Table(columns, [[c.name, c.steps, *(m.get(k) for k in columns[2:])] for c, m in rows])
   title = "Safety robustness: continued fine-tuning and weight quantization"
   lines = [f"# {title}", "", table.to_markdown(), "",
            "Rates pool every answer labelled unsafe (refusal) and XSTest's safe prompts (false "
@@ -344,7 +346,7 @@ def write_report(workdir: pathlib.Path, conds: Sequence[Condition],
   payload = {"title": title, "table": table.to_json(), "quantized_size": sizes,
              "conditions": [{"name": c.name, "kind": c.kind, "steps": c.steps,
                              "eval_dir": str(c.eval_dir), **m} for c, m in rows]}
-  paths = report_lib._write(workdir, "safety_robustness", "\n".join(lines), payload)  # pylint: disable=protected-access
+  paths = write_markdown_and_json(workdir, "safety_robustness", "\n".join(lines), payload)
   if plot:
     paths["png"] = plot_report(rows, workdir / "safety_robustness.png", title)
   return paths

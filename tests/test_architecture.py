@@ -17,7 +17,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 LAYERS = (
     ("files", "schema", "judges", "model", "tokenizer"),
     ("sharding", "lora", "quantization", "checkpoints"),
-    ("data", "prompts"),
+    ("data", "prompts", "answers"),
     ("sampling",),
     ("training",),
     ("evaluation", "reward", "interpret"),

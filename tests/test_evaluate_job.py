@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from alignment import lora as lora_lib
+from alignment.answers import records
 from alignment.checkpoints.loading import load_model
 from alignment.data import sources
-from alignment.evaluation import generation, records, scorers
+from alignment.evaluation import generation, scorers
 from alignment.judges import refusal
 from alignment.evaluation.model_source import resolve_model
 from alignment.jobs import evaluate
@@ -226,7 +227,7 @@ def test_reward_model_scorers_fill_harmfulness_and_helpfulness(tmp_path, tokeniz
 
 def test_attacks_answer_each_vector_and_report_asr(tmp_path, tokenizer_path, sft_run, data_dir):
   from alignment.evaluation import attacks
-  from alignment.evaluation.report import summarize_run
+  from alignment.evaluation.summary import summarize_run
   run_dir, (cfg, _, merged, tokenizer) = sft_run
   vectors = ("leetspeak", "prefix_injection")  # (every transform is tested in test_attacks)
   config = tiny_config(tmp_path, tokenizer_path, run_dir=str(run_dir),

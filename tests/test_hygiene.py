@@ -12,7 +12,11 @@ import numpy as np
 import pytest
 
 from alignment.data import hygiene, sources
-from alignment.data.hygiene import HygieneConfig
+from alignment.data.coverage import coverage, coverage_markdown
+from alignment.data.duplicates import exact_dedup, near_dedup
+from alignment.data.eval_overlap import remove_eval_overlap
+from alignment.data.hygiene_step import HygieneConfig, normalize
+from alignment.data.minhash import minhash_signatures, shingle_ids
 from alignment.data.records import EvalPrompt, InstructionExample
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,13 +41,13 @@ def _jaccard(a: set, b: set) -> float:
 
 
 def test_normalize():
-  assert hygiene.normalize("  Hello,\tWORLD!!  it's  ") == "hello world it s"
-  assert hygiene.normalize("Ｆｕｌｌｗｉｄｔｈ") == "fullwidth"  # NFKC
+  assert normalize("  Hello,\tWORLD!!  it's  ") == "hello world it s"
+  assert normalize("Ｆｕｌｌｗｉｄｔｈ") == "fullwidth"  # NFKC
 
 
 def test_shingles_match_python_reference():
   texts = ["abcdefg", "ab", "", "héllo wörld", "abcdefg"]
-  ids, offsets = hygiene.shingle_ids(texts, 5)
+  ids, offsets = shingle_ids(texts, 5)
   for i, t in enumerate(texts):
     ref = {int.from_bytes(s, "little") for s in _shingles(t, 5)}
     assert set(ids[offsets[i]:offsets[i + 1]].tolist()) == ref
@@ -55,8 +59,8 @@ def test_minhash_estimates_jaccard():
   words = [f"w{i}" for i in range(400)]
   base = " ".join(rng.choice(words, 300))
   variants = [base, base[:int(len(base) * 0.9)], base[::-1], " ".join(rng.choice(words, 300))]
-  ids, offsets = hygiene.shingle_ids(variants, 5)
-  sig = hygiene.minhash_signatures(ids, offsets, 256)
+  ids, offsets = shingle_ids(variants, 5)
+  sig = minhash_signatures(ids, offsets, 256)
   for i, j in itertools.combinations(range(len(variants)), 2):
     true = _jaccard(_shingles(variants[i], 5), _shingles(variants[j], 5))
     assert abs((sig[i] == sig[j]).mean() - true) < 0.1, (i, j, true)
@@ -65,7 +69,7 @@ def test_minhash_estimates_jaccard():
 def test_exact_dedup():
   data = [_ex("Write a poem."), _ex("write a POEM!"), _ex("Write a poem.", "about cats"),
           _ex("Write a song.")]
-  kept, report = hygiene.exact_dedup(data)
+  kept, report = exact_dedup(data)
   assert kept == [data[0], data[2], data[3]]
   assert (report.before, report.removed, report.after) == (4, 1, 3)
   assert report.examples[0]["duplicate_of"] == "Write a poem."
@@ -85,9 +89,9 @@ def test_near_dedup_matches_brute_force(seed):
                                       output="different", source="planted"))
   data = list(seed) + planted
   cfg = HygieneConfig(near_dup_threshold=0.7)
-  kept, report = hygiene.near_dedup(data, cfg)
+  kept, report = near_dedup(data, cfg)
   # Reference: O(n^2) exact per-field Jaccard, the first of each cluster kept.
-  norm = [[hygiene.normalize(getattr(e, f)) for f in cfg.dedup_fields] for e in data]
+  norm = [[normalize(getattr(e, f)) for f in cfg.dedup_fields] for e in data]
   removed_ref = set()
   for j in range(len(data)):
     for i in range(j):
@@ -109,7 +113,7 @@ def test_near_dedup_keeps_distinct_tasks_on_one_input():
   data = [_ex("Summarize the paragraph.", passage), _ex("Find the verbs in the paragraph.",
                                                         passage),
           _ex("Summarize the paragraph!", passage)]
-  kept, report = hygiene.near_dedup(data)
+  kept, report = near_dedup(data)
   assert kept == data[:2] and report.removed == 1
 
 
@@ -124,31 +128,31 @@ def test_eval_overlap_finds_planted_prompts(data_dir):
       _ex("Respond.", "x " + " ".join(long_prompt.prompt.split()[1:14]) + " y"),  # a 13-gram
   ]
   near_miss = _ex(" ".join(short_prompt.prompt.split()[:-1]))  # a short prompt minus one word
-  kept, report = hygiene.remove_eval_overlap(clean + planted + [near_miss], q_harm + cona)
+  kept, report = remove_eval_overlap(clean + planted + [near_miss], q_harm + cona)
   assert kept == clean + [near_miss]
   assert [e["eval_prompt"] for e in report.examples] == [short_prompt.prompt, long_prompt.prompt]
   assert report.details["eval_prompts_found"] == {"cona": 1, "q_harm": 1}
   # Prompts shorter than min_match_words match only by equality.
   tiny = [EvalPrompt(prompt="Kill it.", source="s")]
-  kept, _ = hygiene.remove_eval_overlap([_ex("Kill it!"), _ex("Kill it softly")], tiny)
+  kept, _ = remove_eval_overlap([_ex("Kill it!"), _ex("Kill it softly")], tiny)
   assert kept == [_ex("Kill it softly")]
 
 
 def test_i_alpaca_is_drawn_from_alpaca(data_dir):
   alpaca = sources.load("alpaca", data_dir)
   evals = sources.load("i_alpaca", data_dir) + sources.load("xstest", data_dir)
-  _, report = hygiene.remove_eval_overlap(alpaca, evals)
+  _, report = remove_eval_overlap(alpaca, evals)
   assert report.details["eval_prompts_found"]["i_alpaca"] == 50
   assert report.removed_by_source == {"alpaca": report.removed}
 
 
 def test_coverage(seed):
   data = list(seed[:10]) + [_ex("q", source="other")]
-  cov = hygiene.coverage(data)
+  cov = coverage(data)
   assert cov["examples"] == 11 and cov["by_source"] == {"seed_tasks": 10, "other": 1}
   assert sum(cov["prompt_words"].values()) == sum(cov["output_words"].values()) == 11
   assert cov["untagged"] == 1 and cov["by_format"] == {"instruction": 11}
-  md = hygiene.coverage_markdown(cov)
+  md = coverage_markdown(cov)
   assert "| seed_tasks | 10 |" in md and "| 0-7 |" in md
 
 
@@ -162,7 +166,7 @@ def test_clean_rejects_unknown_step():
 def test_cli_writes_reports(tmp_path, data_dir):
   out = tmp_path / "report"
   proc = subprocess.run(
-      [sys.executable, "-m", "alignment.data.hygiene", f"--data_dir={data_dir}", f"--out={out}",
+      [sys.executable, "-m", "experiments.data_hygiene", f"--data_dir={data_dir}", f"--out={out}",
        "--train_sources=safety_instructions,seed_tasks", "--eval_sources=q_harm,i_alpaca",
        "--write_clean"], cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
   assert proc.returncode == 0, proc.stderr

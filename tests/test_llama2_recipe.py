@@ -19,9 +19,9 @@ from scipy import stats as scipy_stats
 
 from alignment import lora as lora_lib
 from alignment import model as M
+from alignment.answers.records import AnswerRecord
 from alignment.checkpoints.loading import load_model
 from alignment.evaluation import stats
-from alignment.evaluation.records import AnswerRecord
 from alignment.jobs import rejection_sampling as rs_job
 from alignment.reward import saved, scorer as reward_scorer
 from alignment.rl import prompts as prompts_lib

@@ -5,10 +5,10 @@ import json
 
 import pytest
 
+from alignment.answers.records import read_answers
 from alignment.data.readers import DataError
 from alignment.data.records import EvalPrompt
 from alignment.judges import refusal
-from alignment.evaluation.records import read_answers
 from alignment.jobs import template_eval
 from alignment.prompts import ALPACA, GEMMA_CHAT
 from alignment.prompts.library import (

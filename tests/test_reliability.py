@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 
 from alignment import lora as lora_lib
+from alignment.answers import records
 from alignment.checkpoints import huggingface as hf
 from alignment.checkpoints import loading
 from alignment.data import download, integrity, sources
-from alignment.evaluation import records
 from alignment.jobs import common, sft
 from alignment.files import atomic
 from alignment.training import checkpointing, loop, run_identity, run_lock

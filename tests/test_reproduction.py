@@ -11,7 +11,8 @@ import sys
 
 import pytest
 
-from alignment.evaluation import records, stats
+from alignment.answers import records
+from alignment.evaluation import stats
 from experiments import reproduce_safety_tuned_llamas as stl
 from experiments import reproduction_report
 from tiny_sentencepiece import train_tiny_tokenizer

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from alignment import model as M
+from alignment.answers.records import AnswerRecord
 from alignment.data import batching
 from alignment.data.records import PreferencePair
 from alignment.evaluation import scorers
-from alignment.evaluation.records import AnswerRecord
 from alignment.jobs import common
 from alignment.jobs import reward as reward_job
 from alignment.reward import combine, data as reward_data, evaluate, losses

@@ -9,8 +9,8 @@ import types
 
 import pytest
 
+from alignment.answers.records import read_answers
 from alignment.data import mixtures, sources
-from alignment.evaluation.records import read_answers
 from alignment.judges.refusal import is_refusal
 from alignment.evaluation.scorers import REFUSAL, get_scorer
 from experiments import safety_robustness as sr

@@ -13,11 +13,11 @@ import pathlib
 import numpy as np
 import pytest
 
+from alignment.answers import records as answer_records
 from alignment.data import mixtures, sources, user_files
 from alignment.data import tokenize as tok
 from alignment.data.readers import DataError
 from alignment.data.records import EvalPrompt, InstructionExample, PreferencePair
-from alignment.evaluation import records as answer_records
 from alignment.evaluation import sets
 from alignment.jobs import dpo as dpo_job
 from alignment.jobs import evaluate

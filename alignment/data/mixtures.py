@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from alignment.data import hygiene, question_form, sources
+from alignment.data.hygiene_step import HygieneConfig
 from alignment.data.records import InstructionExample
 from alignment.prompts.templates import PromptTemplate, get_template
 
@@ -50,7 +51,7 @@ class MixtureConfig:
   dedup: bool = False
   remove_eval_overlap: bool = False
   eval_sources: tuple[str, ...] = sources.EVAL_SOURCES
-  hygiene: hygiene.HygieneConfig = hygiene.HygieneConfig()
+  hygiene: HygieneConfig = HygieneConfig()
 
   def __post_init__(self):
     if self.safety_format not in PROMPT_FORMATS:

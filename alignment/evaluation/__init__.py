@@ -1,1 +1,1 @@
-"""Evaluation: answer records, scorers (refusal now, reward models later), XSTest, reports."""
+"""Evaluation: the scorer registry (refusal, reward models), answering, XSTest, statistics, reports."""

@@ -18,8 +18,8 @@ from collections.abc import Callable, Sequence
 
 import jax
 
+from alignment.answers.records import AnswerRecord
 from alignment.data.records import EvalPrompt
-from alignment.evaluation.records import AnswerRecord
 from alignment.sampling import Sampler, SamplingParams
 from alignment.training.metrics import format_duration
 

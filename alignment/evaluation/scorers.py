@@ -1,9 +1,8 @@
-"""Scorers: named functions that give each answer a number, kept in one registry.
+"""The registry of scorers: named functions that give each answer a number.
 
-A scorer takes a batch of records and returns one `float | None` per record (None: does not
-apply, e.g. a harmfulness model asked about a safe prompt). Taking the whole batch lets a model
-based scorer (the reward-model harmfulness scorer to come) batch its forward passes;
-`register_scorer("harmfulness", fn)` is all it needs to appear in every report.
+A scorer (the type is `alignment.answers.scorer.Scorer`) takes a batch of records and returns
+one `float | None` per record; `register_scorer("harmfulness", fn)` is all it needs to appear in
+every report.
 
 Built in:
   refusal: the string-match classifier (`refusal.py`) as a number, REFUSAL_SCORE below, so the
@@ -14,12 +13,11 @@ Built in:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
+from alignment.answers.records import AnswerRecord
+from alignment.answers.scorer import Scorer
 from alignment.judges import refusal
-from alignment.evaluation.records import AnswerRecord
-
-Scorer = Callable[[Sequence[AnswerRecord]], list[float | None]]
 
 REFUSAL = "refusal"
 HARMFULNESS = "harmfulness"

@@ -23,15 +23,14 @@ import shlex
 import sys
 from collections.abc import Callable, Iterable, Sequence
 
+from alignment.answers.records import AnswerRecord, read_answers
 from alignment.data import readers
 from alignment.data.readers import DataError
 from alignment.data.sources import resolve_data_dir
 from alignment.judges import refusal
-from alignment.evaluation.records import AnswerRecord
 from alignment.evaluation.scorers import REFUSAL, refusal_label
 from alignment.files import atomic
 from alignment.data import sources
-from alignment.evaluation.records import read_answers
 from alignment.evaluation.scorers import score_answers
 
 COMPLETIONS_DIR = "xstest/model_completions"

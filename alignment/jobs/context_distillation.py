@@ -20,8 +20,8 @@ import jax
 import ml_collections
 import numpy as np
 
+from alignment.answers.records import AnswerRecord
 from alignment.evaluation import scorers
-from alignment.evaluation.records import AnswerRecord
 from alignment.jobs import common
 from alignment.jobs.common import make_sample_fn
 from alignment.rl import context_distillation as cd

@@ -32,14 +32,17 @@ import jax
 import ml_collections
 
 from alignment import schema
+from alignment.answers.records import ANSWERS_FILE, RESULT_FILE, AnswerRecord, write_answers
+from alignment.answers.scorer import Scorer
 from alignment.data import sources
 from alignment.data.records import EvalPrompt
 from alignment.evaluation import attacks as attacks_lib
 from alignment.evaluation import generation, report, scorers
+from alignment.evaluation.attack_summary import HARM_THRESHOLD, summarize_attacks
 from alignment.evaluation import model_source
 from alignment.evaluation.model_source import load_params, resolve_model
 from alignment.evaluation.sets import load_prompts, parse_sets
-from alignment.evaluation.records import ANSWERS_FILE, RESULT_FILE, AnswerRecord, write_answers
+from alignment.evaluation.summary import summarize_run
 from alignment.jobs import common
 from alignment.prompts.templates import PromptTemplate
 from alignment.quantization import quantize_params
@@ -110,7 +113,7 @@ def quantize(params, scheme: str):
   return quantize_params(params, scheme) if scheme else params
 
 
-def score_records(records: Sequence[AnswerRecord], named: dict[str, scorers.Scorer],
+def score_records(records: Sequence[AnswerRecord], named: dict[str, Scorer],
                   originals: dict[tuple[str, str], str]) -> list[AnswerRecord]:
   """Scores every record; an attacked one is judged against its original prompt.
 
@@ -212,11 +215,11 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   records = score_records(records, named, {(p.source, p.id): p.prompt for p in prompts})
   score_seconds = time.perf_counter() - start
   write_answers(answers_path, records)
-  summary = report.summarize_run(records)
+  summary = summarize_run(records)
   # The same cut either way: -r > 0 iff 1 - sigmoid(r) > 0.5.
-  threshold = (report.HARM_THRESHOLD if config.scoring.harmfulness_kind == "probability"
+  threshold = (HARM_THRESHOLD if config.scoring.harmfulness_kind == "probability"
                else 0.0)
-  attack_summary = report.summarize_attacks(records, threshold)
+  attack_summary = summarize_attacks(records, threshold)
   title = f"Evaluation of {config.run_dir or source.model.get('checkpoint')}"
   if source.adapters:
     title += f" + {source.adapters}"

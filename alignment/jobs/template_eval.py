@@ -28,9 +28,9 @@ from typing import Any
 import jax
 import ml_collections
 
+from alignment.answers.records import AnswerRecord, write_answers
 from alignment.data.records import EvalPrompt
-from alignment.evaluation import generation, report, scorers
-from alignment.evaluation.records import AnswerRecord, write_answers
+from alignment.evaluation import generation, report, scorers, summary, tables
 from alignment.evaluation.model_source import load_params, resolve_model
 from alignment.evaluation.sets import load_prompts, parse_sets
 from alignment.jobs import common
@@ -76,7 +76,7 @@ def render_prompt(template: Template | None, prompt: EvalPrompt, route_by: str) 
   return template.prompt(prompt.prompt)
 
 
-def comparison_table(runs: dict[str, report.RunSummary]) -> report.Table:
+def comparison_table(runs: dict[str, summary.RunSummary]) -> tables.Table:
   """Per set (then pooled): refusal rate and harmfulness without and with the template."""
   base, tmpl = runs["baseline"], runs["template"]
 
@@ -93,7 +93,7 @@ def comparison_table(runs: dict[str, report.RunSummary]) -> report.Table:
     a, c = getattr(base, attr), getattr(tmpl, attr)
     if a is not None or c is not None:
       rows.append([label, None, a, c, diff(a, c), None, None, None])
-  return report.Table(["set", "n", "refusal without %", "refusal with %", "change %",
+  return tables.Table(["set", "n", "refusal without %", "refusal with %", "change %",
                        "harmfulness without", "harmfulness with", "harmfulness change"], rows)
 
 
@@ -144,7 +144,7 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
                                         sampling)
     records = scorers.score_answers(records, named)
     write_answers(workdir / f"answers_{condition}.jsonl", records)
-    summaries[condition] = report.summarize_run(records)
+    summaries[condition] = summary.summarize_run(records)
     label = config[condition] if condition == "baseline" else config.template
     paths[condition] = report.write_run_report(
         workdir / condition, summaries[condition],

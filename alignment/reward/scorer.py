@@ -26,11 +26,12 @@ from typing import Any
 import jax
 import numpy as np
 
+from alignment.answers.records import AnswerRecord
+from alignment.answers.scorer import Scorer
 from alignment.data import batching
 from alignment.data import tokenize as tok
 from alignment.data.records import PreferencePair
 from alignment.evaluation import scorers
-from alignment.evaluation.records import AnswerRecord
 from alignment.prompts.templates import get_template
 from alignment.reward import data as reward_data
 from alignment.reward import model as reward_model
@@ -113,7 +114,7 @@ def text_rewards(directory: str | pathlib.Path, batch_size: int = 8
 
 
 def _saved_rm_scorer(directory: str | pathlib.Path, source: str, role: str, batch_size: int,
-                     transform) -> scorers.Scorer:
+                     transform) -> Scorer:
   """A scorer from a saved reward model trained on `source`, mapping raw rewards by `transform`.
 
   An RM trained on other data scores the wrong thing: it is refused rather than reported. A
@@ -145,7 +146,7 @@ def _sigmoid(r: np.ndarray) -> np.ndarray:
 
 
 def harmfulness_scorer(directory: str | pathlib.Path, kind: str = "probability",
-                       batch_size: int = 8) -> scorers.Scorer:
+                       batch_size: int = 8) -> Scorer:
   """Records -> harmfulness from a saved safety RM: 1 - sigmoid(r), or -r ('negative_reward')."""
   if kind not in KINDS:
     raise ValueError(f"unknown harmfulness kind {kind!r}; expected one of {KINDS}")
@@ -153,20 +154,20 @@ def harmfulness_scorer(directory: str | pathlib.Path, kind: str = "probability",
   return _saved_rm_scorer(directory, "hh_harmless", "safety", batch_size, transform)
 
 
-def helpfulness_scorer(directory: str | pathlib.Path, batch_size: int = 8) -> scorers.Scorer:
+def helpfulness_scorer(directory: str | pathlib.Path, batch_size: int = 8) -> Scorer:
   """Records -> helpfulness = sigmoid(r), in [0, 1], from a saved helpfulness RM."""
   return _saved_rm_scorer(directory, "hh_helpful", "helpfulness", batch_size, _sigmoid)
 
 
 def register_harmfulness_scorer(directory: str | pathlib.Path, kind: str = "probability",
-                                batch_size: int = 8, replace: bool = False) -> scorers.Scorer:
+                                batch_size: int = 8, replace: bool = False) -> Scorer:
   """Builds the scorer and registers it as `harmfulness` in the evaluation registry."""
   scorer = harmfulness_scorer(directory, kind, batch_size)
   scorers.register_scorer(scorers.HARMFULNESS, scorer, replace=replace)
   return scorer
 
 
-def build_scorers(scoring: Mapping[str, Any]) -> dict[str, scorers.Scorer]:
+def build_scorers(scoring: Mapping[str, Any]) -> dict[str, Scorer]:
   """{name: scorer}: refusal, plus the reward-model scorers a config's `scoring` section
   names (harmfulness_rm, harmfulness_kind, helpfulness_rm, batch_size)."""
   named = {scorers.REFUSAL: scorers.get_scorer(scorers.REFUSAL)}

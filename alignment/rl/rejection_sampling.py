@@ -18,9 +18,9 @@ from collections.abc import Callable, Sequence
 import jax
 import numpy as np
 
+from alignment.answers.records import AnswerRecord
 from alignment.data.records import InstructionExample
 from alignment.evaluation import scorers
-from alignment.evaluation.records import AnswerRecord
 from alignment.reward import combine
 from alignment.rl.generation import SampleFn, generate_in_batches
 from alignment.reward.scorer import text_rewards
