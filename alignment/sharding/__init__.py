@@ -2,5 +2,5 @@
 
 from alignment.sharding.mesh import AXES, MeshConfig, make_mesh
 from alignment.sharding.rules import (
-    LOGICAL_AXIS_RULES, batch_sharding, batch_shardings, logical_to_shardings,
+    LOGICAL_AXIS_RULES, batch_sharding, batch_shardings, fit_to_shape, logical_to_shardings,
     param_shardings, replicated)
