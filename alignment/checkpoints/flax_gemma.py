@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import pathlib
 import re
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -22,7 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
+from jax.sharding import NamedSharding, PartitionSpec
 
+from alignment import sharding as sharding_lib
 from alignment.checkpoints.validate import validate_params
 from alignment.model.config import PRESETS, ModelConfig
 
@@ -35,37 +38,46 @@ _SHAPE_FIELDS = ("num_layers", "embed_dim", "hidden_dim", "num_heads", "num_kv_h
                  "head_dim", "use_post_attn_norm", "use_post_ffw_norm", "use_qk_norm")
 
 
-def _restore(path: pathlib.Path, dtype: str) -> dict[str, np.ndarray]:
-  """Restores every array of the checkpoint as host numpy in `dtype`, keyed by '/'-path."""
+def _name(key_path) -> str:
+  return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in key_path)
+
+
+def _metadata_tree(checkpointer: ocp.PyTreeCheckpointer, path: pathlib.Path) -> Any:
+  metadata = checkpointer.metadata(path)
+  tree = getattr(getattr(metadata, "item_metadata", metadata), "tree", None)
+  return getattr(metadata, "item_metadata", metadata) if tree is None else tree
+
+
+def _restore(path: pathlib.Path, dtype: str, args_of: Callable[[str, Any], Any] | None = None
+             ) -> dict[str, Any]:
+  """Restores every array of the checkpoint, keyed by '/'-path: as host numpy in `dtype`, or
+  as `args_of(name, leaf metadata)` says (`ocp.ArrayRestoreArgs` with a sharding: each
+  process reads only its shards)."""
   checkpointer = ocp.PyTreeCheckpointer()
   try:
-    metadata = checkpointer.metadata(path)
-    tree = getattr(getattr(metadata, "item_metadata", metadata), "tree", None)
-    if tree is None:
-      tree = getattr(metadata, "item_metadata", metadata)
-    restore_args = jax.tree.map(
-        lambda _: ocp.RestoreArgs(restore_type=np.ndarray, dtype=jnp.dtype(dtype)), tree)
+    tree = _metadata_tree(checkpointer, path)
+    if args_of is None:
+      args_of = lambda name, _: ocp.RestoreArgs(restore_type=np.ndarray, dtype=jnp.dtype(dtype))
+    restore_args = jax.tree_util.tree_map_with_path(lambda k, m: args_of(_name(k), m), tree)
     restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=restore_args))
   except (OSError, ValueError, KeyError, TypeError) as e:
     raise ValueError(f"{path}: cannot read it as an orbax checkpoint ({e})") from e
-  flat = {}
-  for key_path, leaf in jax.tree_util.tree_flatten_with_path(restored)[0]:
-    name = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in key_path)
-    flat[name] = np.asarray(leaf)
-  return flat
+  return {_name(k): (leaf if isinstance(leaf, jax.Array) else np.asarray(leaf))
+          for k, leaf in jax.tree_util.tree_flatten_with_path(restored)[0]}
 
 
-def _normalise_names(raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """Drops the 'transformer/' prefix and the einsum 'w' level: official names -> ours."""
-  out = {}
-  for name, value in raw.items():
-    parts = name.split("/")
-    if "transformer" in parts:
-      parts = parts[parts.index("transformer") + 1:]
-    if parts[-1] == "w":
-      parts = parts[:-1]
-    out["/".join(parts)] = value
-  return out
+def _normalise_name(name: str) -> str:
+  """Drops the 'transformer/' prefix and the einsum 'w' level: an official name -> ours."""
+  parts = name.split("/")
+  if "transformer" in parts:
+    parts = parts[parts.index("transformer") + 1:]
+  if parts[-1] == "w":
+    parts = parts[:-1]
+  return "/".join(parts)
+
+
+def _normalise_names(raw: dict[str, Any]) -> dict[str, Any]:
+  return {_normalise_name(name): value for name, value in raw.items()}
 
 
 def _shape(flat: dict[str, np.ndarray], name: str) -> tuple[int, ...]:
@@ -120,9 +132,9 @@ def _match_preset(found: dict[str, Any], path: pathlib.Path) -> ModelConfig:
                    f"and the fields where they differ:\n  {listing}")
 
 
-def _to_ours(flat: dict[str, np.ndarray], cfg: ModelConfig, path: pathlib.Path
-             ) -> dict[str, np.ndarray]:
-  """Splits qkv_einsum, orders gating_einsum as [2, D, F] and cuts vocabulary padding."""
+def _to_ours(flat: dict[str, Any], cfg: ModelConfig, path: pathlib.Path) -> dict[str, Any]:
+  """Splits qkv_einsum, orders gating_einsum as [2, D, F] and cuts vocabulary padding (numpy
+  arrays, or jax arrays inside `jax.jit`: shape methods only)."""
   out = {}
   d, f = cfg.embed_dim, cfg.hidden_dim
   for name, value in flat.items():
@@ -162,3 +174,54 @@ def load_flax_gemma(path: PathLike, cfg: ModelConfig | None = None, dtype: str =
   params = traverse_util.unflatten_dict(_to_ours(flat, cfg, path), sep="/")
   validate_params(params, cfg, source=str(path))
   return cfg, params
+
+
+def _stored_spec(name: str, shape: tuple[int, ...], ours: dict[str, Any], cfg: ModelConfig
+                 ) -> tuple[Any, ...]:
+  """The PartitionSpec entries a stored array is restored with, so that `_to_ours` turns its
+  shards into the target's without gathering: the target's own spec, a leading None for
+  `qkv_einsum` (its q part's spec), and swapped axes for [2, F, D] gating."""
+  if name.endswith("attn/qkv_einsum"):
+    return (None, *ours[name[:-len("qkv_einsum")] + "q_einsum"].spec)
+  spec = tuple(ours[name].spec) + (None,) * (len(shape) - len(ours[name].spec))
+  if name.endswith("mlp/gating_einsum") and shape[1:] == (cfg.hidden_dim, cfg.embed_dim) and (
+      cfg.hidden_dim != cfg.embed_dim):
+    return (spec[0], spec[2], spec[1])
+  return spec
+
+
+def load_flax_gemma_sharded(path: PathLike, shardings_of: Callable[[ModelConfig], Any],
+                            cfg: ModelConfig | None = None) -> tuple[ModelConfig, Params]:
+  """`load_flax_gemma` (float32) straight into shards: orbax restores each stored array onto
+  a sharding matching the target's (`_stored_spec`), so each process reads only the slices
+  its devices hold (tensorstore reads the chunks that cover them), and the layout changes run
+  on device inside one jitted call whose outputs land on `shardings_of(cfg)`."""
+  path = pathlib.Path(path).absolute()
+  if not path.exists():
+    raise FileNotFoundError(f"checkpoint {path} not found")
+  try:
+    stored = _normalise_names({_name(k): m for k, m in jax.tree_util.tree_flatten_with_path(
+        _metadata_tree(ocp.PyTreeCheckpointer(), path))[0]})
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise ValueError(f"{path}: cannot read it as an orbax checkpoint ({e})") from e
+  if cfg is None:
+    try:
+      found = _read_shapes(stored)
+    except ValueError as e:
+      raise ValueError(f"{path}: {e}") from e
+    cfg = _match_preset(found, path)
+  cfg = cfg.replace(dtype="float32", param_dtype="float32")
+  shapes = {name: tuple(m.shape) for name, m in stored.items()}
+  abstract = {name: jax.ShapeDtypeStruct(shape, jnp.float32) for name, shape in shapes.items()}
+  validate_params(jax.eval_shape(lambda f: traverse_util.unflatten_dict(
+      _to_ours(f, cfg, path), sep="/"), abstract), cfg, source=str(path))
+  targets = traverse_util.flatten_dict(shardings_of(cfg), sep="/")
+  mesh = next(iter(targets.values())).mesh
+  shardings = {name: NamedSharding(mesh, sharding_lib.fit_to_shape(
+      PartitionSpec(*_stored_spec(name, shape, targets, cfg)), shape, mesh))
+      for name, shape in shapes.items()}
+  restored = _normalise_names(_restore(path, "float32", lambda raw, m: ocp.ArrayRestoreArgs(
+      sharding=shardings[_normalise_name(raw)], global_shape=tuple(m.shape),
+      dtype=jnp.dtype("float32"))))
+  flat = jax.jit(lambda f: _to_ours(f, cfg, path), out_shardings=targets)(restored)
+  return cfg, traverse_util.unflatten_dict(flat, sep="/")

@@ -20,6 +20,7 @@ import mmap
 import os
 import pathlib
 import struct
+from collections.abc import Callable
 from typing import Any
 
 import gguf
@@ -27,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from alignment.checkpoints import slices
 from alignment.checkpoints.validate import validate_params
 from alignment.model.config import ModelConfig, get_config
 
@@ -42,6 +44,10 @@ _SCALARS: dict[_VT, tuple[str, np.dtype]] = {
     _VT.FLOAT32: ("<f", np.dtype("<f4")), _VT.FLOAT64: ("<d", np.dtype("<f8")),
     _VT.BOOL: ("<?", np.dtype("?")),
 }
+
+
+# Values dequantised per `dequantize` call in `GGUFFile.read` (4 Mi: 16 MiB as float32).
+_CHUNK_VALUES = 4 * 2 ** 20
 
 
 class GGUFError(ValueError):
@@ -131,6 +137,29 @@ class GGUFFile:
     raw = self.raw(name)
     out = gguf.quants.dequantize(raw, info.qtype).reshape(info.shape)
     return out.copy() if np.shares_memory(out, raw) else out
+
+  def read(self, name: str, box: tuple[slice, ...]) -> np.ndarray:
+    """A box of one tensor (numpy axis order) as float32, dequantising only what it covers:
+    the rows of the box and, along the last (quantised) axis, the whole blocks that overlap
+    its columns (32 or 256 values per block, `GGML_QUANT_SIZES`); the block overhang is cut
+    off after dequantising. Bytes outside those blocks are never touched. Rows go through
+    `dequantize` in chunks of about `_CHUNK_VALUES`, so its float temporaries stay small
+    beside the box itself (the 270M embedding's box is 262144 rows)."""
+    info = self._info(name)
+    block, type_size = gguf.GGML_QUANT_SIZES[info.qtype]
+    box = tuple(box)
+    cols = box[-1]
+    first, last = cols.start // block, -(-cols.stop // block)
+    raw = self.raw(name)  # [rows, bytes per row]: the leading axes flattened
+    lead = info.shape[:-1]
+    rows = np.arange(int(np.prod(lead, dtype=np.int64))).reshape(lead)[box[:-1]].reshape(-1)
+    out = np.empty((rows.size, cols.stop - cols.start), np.float32)
+    step = max(1, _CHUNK_VALUES // ((last - first) * block))
+    keep = slice(cols.start - first * block, cols.stop - first * block)
+    for i in range(0, rows.size, step):
+      part = raw[rows[i:i + step], first * type_size:last * type_size]  # a copy (fancy index)
+      out[i:i + step] = gguf.quants.dequantize(part, info.qtype)[:, keep]
+    return out.reshape(*(s.stop - s.start for s in box))
 
   def _info(self, name: str) -> TensorInfo:
     if name not in self.tensors:
@@ -311,6 +340,85 @@ def _params_from_gguf(file: GGUFFile, cfg: ModelConfig) -> dict[str, Any]:
   return params
 
 
+def gguf_leaves(store: slices.TensorStore, cfg: ModelConfig) -> dict[str, Any]:
+  """Our parameter tree as `slices.Leaf`s over a GGUF file's tensors (the box-wise twin of
+  `_params_from_gguf`; `store` is the `GGUFFile` or a wrapper of it)."""
+  n, k, h, d, f = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.embed_dim,
+                   cfg.hidden_dim)
+  norm = lambda name, size: slices.direct(store, name, (size,), minus=1.0)
+  params: dict[str, Any] = {
+      "embedder": {"input_embedding": slices.direct(store, "token_embd.weight",
+                                                    (cfg.vocab_size, d))},
+      "final_norm": {"scale": norm("output_norm.weight", d)},
+  }
+  for i in range(cfg.num_layers):
+    blk = f"blk.{i}."
+    params[f"layer_{i}"] = {
+        "pre_attention_norm": {"scale": norm(blk + "attn_norm.weight", d)},
+        "post_attention_norm": {"scale": norm(blk + "post_attention_norm.weight", d)},
+        "pre_ffw_norm": {"scale": norm(blk + "ffn_norm.weight", d)},
+        "post_ffw_norm": {"scale": norm(blk + "post_ffw_norm.weight", d)},
+        "attn": {
+            "q_einsum": slices.heads_in(store, blk + "attn_q.weight", n, h, d),
+            "kv_einsum": slices.stacked([slices.heads_in(store, blk + f"attn_{p}.weight",
+                                                         k, h, d) for p in "kv"]),
+            "attn_vec_einsum": slices.heads_out(store, blk + "attn_output.weight", n, h, d),
+            "_query_norm": {"scale": norm(blk + "attn_q_norm.weight", h)},
+            "_key_norm": {"scale": norm(blk + "attn_k_norm.weight", h)},
+        },
+        "mlp": {
+            "gating_einsum": slices.stacked([slices.transposed(store, blk + f"ffn_{p}.weight",
+                                                               (f, d)) for p in ("gate", "up")]),
+            "linear": slices.transposed(store, blk + "ffn_down.weight", (d, f)),
+        },
+    }
+  return params
+
+
+def _gguf_config(file: GGUFFile, expected: str | None) -> ModelConfig:
+  cfg = config_from_gguf(file)
+  if expected is not None:
+    check_config(cfg, get_config(expected), str(file.path), expected)
+    cfg = get_config(expected)
+  return cfg
+
+
+def _check_stored_shapes(file: GGUFFile, leaves: dict[str, Any], cfg: ModelConfig) -> None:
+  """Every tensor the leaves read exists with the shape the config implies (the whole load
+  finds a mismatch while reshaping; the sharded one must find it before reading)."""
+  want = {"token_embd.weight": (cfg.vocab_size, cfg.embed_dim),
+          "output_norm.weight": (cfg.embed_dim,)}
+  n, k, h, d, f = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.embed_dim,
+                   cfg.hidden_dim)
+  for i in range(cfg.num_layers):
+    blk = f"blk.{i}."
+    want.update({blk + "attn_q.weight": (n * h, d), blk + "attn_k.weight": (k * h, d),
+                 blk + "attn_v.weight": (k * h, d), blk + "attn_output.weight": (d, n * h),
+                 blk + "ffn_gate.weight": (f, d), blk + "ffn_up.weight": (f, d),
+                 blk + "ffn_down.weight": (d, f), blk + "attn_q_norm.weight": (h,),
+                 blk + "attn_k_norm.weight": (h,)})
+    for norm in ("attn_norm", "post_attention_norm", "ffn_norm", "post_ffw_norm"):
+      want[blk + norm + ".weight"] = (d,)
+  for name, shape in want.items():
+    found = file._info(name).shape
+    if found != shape:
+      raise GGUFError(f"{file.path}: tensor {name} has shape {found}, the config implies "
+                      f"{shape}")
+
+
+def load_gguf_sharded(path: PathLike, shardings_of: Callable[[ModelConfig], Any],
+                      expected: str | None = "gemma3_270m"
+                      ) -> tuple[ModelConfig, dict[str, Any]]:
+  """`load_gguf` straight into shards: `shardings_of(cfg)` gives the target NamedShardings;
+  each device box is dequantised from the mapped file alone (see `GGUFFile.read`), float32."""
+  file = read_gguf(path)
+  cfg = _gguf_config(file, expected)
+  leaves = gguf_leaves(file, cfg)
+  _check_stored_shapes(file, leaves, cfg)
+  validate_params(slices.shapes(leaves), cfg, source=str(file.path))
+  return cfg, slices.place(leaves, shardings_of(cfg))
+
+
 def load_gguf(path: PathLike, dtype: str = "float32",
               expected: str | None = "gemma3_270m") -> tuple[ModelConfig, dict[str, Any]]:
   """Loads a Gemma 3 GGUF checkpoint as (config, parameter tree of jax arrays in `dtype`).
@@ -319,10 +427,7 @@ def load_gguf(path: PathLike, dtype: str = "float32",
   (pass None to accept whatever the file describes).
   """
   file = read_gguf(path)
-  cfg = config_from_gguf(file)
-  if expected is not None:
-    check_config(cfg, get_config(expected), str(file.path), expected)
-    cfg = get_config(expected)
+  cfg = _gguf_config(file, expected)
   try:
     params = _params_from_gguf(file, cfg)
   except GGUFError:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -27,6 +28,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from alignment.files import atomic
+from alignment.checkpoints import slices
 from alignment.checkpoints.validate import validate_params
 from alignment.model.config import ModelConfig
 from alignment.model.transformer import param_shapes
@@ -462,11 +464,10 @@ def _canonical(name: str, multimodal: bool) -> str | None:
   return name
 
 
-def load_safetensors(path_or_dir: PathLike, dtype: str = "float32"
-                     ) -> tuple[ModelConfig, Params]:
-  """Loads an HF Gemma/Gemma2/Gemma3 checkpoint directory (or one .safetensors file beside
-  its config.json), sharded or not. Parameters are cast to `dtype`, which also becomes the
-  config's compute and parameter dtype."""
+def _locate(path_or_dir: PathLike, dtype: str):
+  """Reads config.json and the tensor directory, and checks every shape against the config:
+  (path, cfg, family, {canonical: (stored name, file)}, {file: [canonical names]}, expected
+  shapes). No tensor data is read."""
   path = pathlib.Path(path_or_dir)
   if not path.exists():
     raise FileNotFoundError(f"checkpoint {path} not found")
@@ -508,7 +509,20 @@ def load_safetensors(path_or_dir: PathLike, dtype: str = "float32"
                       f"{expected[name]}, found {shapes[name]}")
   if problems:
     raise ValueError(f"{path} does not match its config.json:\n  " + "\n  ".join(problems))
+  return path, cfg, family, located, by_file, expected
 
+
+def _untied(path: pathlib.Path, head: str) -> ValueError:
+  return ValueError(f"{path}: {head} differs from model.embed_tokens.weight; untied output "
+                    f"projections are not supported")
+
+
+def load_safetensors(path_or_dir: PathLike, dtype: str = "float32"
+                     ) -> tuple[ModelConfig, Params]:
+  """Loads an HF Gemma/Gemma2/Gemma3 checkpoint directory (or one .safetensors file beside
+  its config.json), sharded or not. Parameters are cast to `dtype`, which also becomes the
+  config's compute and parameter dtype."""
+  path, cfg, family, located, by_file, expected = _locate(path_or_dir, dtype)
   np_dtype = jnp.dtype(dtype)
   tensors = {}
   for file, names in by_file.items():
@@ -519,11 +533,78 @@ def load_safetensors(path_or_dir: PathLike, dtype: str = "float32"
   for head in _LM_HEADS:
     if head in tensors and not np.array_equal(tensors.pop(head),
                                               tensors["model.embed_tokens.weight"]):
-      raise ValueError(f"{path}: {head} differs from model.embed_tokens.weight; untied output "
-                       f"projections are not supported")
+      raise _untied(path, head)
   params = _from_hf(cfg, tensors, family)
   validate_params(params, cfg, source=str(path))
   return cfg, params
+
+
+class SafetensorsStore:
+  """Boxes of the tensors of an HF checkpoint, read through `get_slice` (only those bytes);
+  files are opened on first use and kept open until `close`."""
+
+  def __init__(self, located: dict[str, tuple[str, pathlib.Path]]):
+    self.located, self._files = located, {}
+
+  def read(self, name: str, box: slices.Box) -> np.ndarray:
+    stored, file = self.located[name]
+    if file not in self._files:
+      self._files[file] = _open(file)
+    return np.asarray(self._files[file].get_slice(stored)[box]).astype(np.float32, copy=False)
+
+  def close(self) -> None:
+    self._files.clear()  # safe_open handles unmap when dropped
+
+
+def hf_leaves(cfg: ModelConfig, store: slices.TensorStore, family: str,
+              tied_heads: tuple[str, ...] = (), source: str = "checkpoint") -> Params:
+  """Our parameter tree as `slices.Leaf`s over an HF checkpoint's tensors (the box-wise
+  twin of `_from_hf`). A stored lm_head is compared with the embedding box by box."""
+  n, k, h, d, f = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.embed_dim,
+                   cfg.hidden_dim)
+  embed_name = "model.embed_tokens.weight"
+
+  def embedding(box: slices.Box) -> np.ndarray:
+    x = store.read(embed_name, box)
+    for head in tied_heads:
+      if not np.array_equal(store.read(head, box), x):
+        raise _untied(pathlib.Path(source), head)
+    return x
+
+  flat = {"embedder/input_embedding": slices.Leaf((cfg.vocab_size, d), embedding),
+          "final_norm/scale": slices.direct(store, "model.norm.weight", (d,))}
+  for i in range(cfg.num_layers):
+    name = lambda part: f"model.layers.{i}.{part}.weight"
+    ours = f"layer_{i}/"
+    flat[ours + "attn/q_einsum"] = slices.heads_in(store, name("self_attn.q_proj"), n, h, d)
+    flat[ours + "attn/kv_einsum"] = slices.stacked(
+        [slices.heads_in(store, name(f"self_attn.{p}_proj"), k, h, d) for p in "kv"])
+    flat[ours + "attn/attn_vec_einsum"] = slices.heads_out(store, name("self_attn.o_proj"),
+                                                           n, h, d)
+    if family == "gemma3":
+      flat[ours + "attn/_query_norm/scale"] = slices.direct(store, name("self_attn.q_norm"), (h,))
+      flat[ours + "attn/_key_norm/scale"] = slices.direct(store, name("self_attn.k_norm"), (h,))
+    for hf_name, norm in _norm_names(family).items():
+      flat[ours + norm + "/scale"] = slices.direct(store, name(hf_name), (d,))
+    flat[ours + "mlp/gating_einsum"] = slices.stacked(
+        [slices.transposed(store, name(f"mlp.{p}_proj"), (f, d)) for p in ("gate", "up")])
+    flat[ours + "mlp/linear"] = slices.transposed(store, name("mlp.down_proj"), (d, f))
+  return traverse_util.unflatten_dict(flat, sep="/")
+
+
+def load_safetensors_sharded(path_or_dir: PathLike, shardings_of: Callable[[ModelConfig], Any]
+                             ) -> tuple[ModelConfig, Params]:
+  """`load_safetensors` straight into shards: `shardings_of(cfg)` gives the target
+  NamedShardings; each device box is read from the files and converted to float32 alone."""
+  path, cfg, family, located, _, _ = _locate(path_or_dir, "float32")
+  store = SafetensorsStore(located)
+  heads = tuple(head for head in _LM_HEADS if head in located)
+  leaves = hf_leaves(cfg, store, family, heads, source=str(path))
+  validate_params(slices.shapes(leaves), cfg, source=str(path))
+  try:
+    return cfg, slices.place(leaves, shardings_of(cfg))
+  finally:
+    store.close()
 
 
 def _names_in(file: pathlib.Path) -> list[str]:

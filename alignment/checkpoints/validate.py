@@ -44,8 +44,10 @@ def _finite_leaves(params: Any) -> Any:
 def check_finite(params: Any, source: str = "checkpoint") -> None:
   """Raises ValueError naming `source` and the first leaf holding NaN or inf: a damaged or
   diverged checkpoint otherwise trains (or answers) on garbage without a word. One jitted
-  reduction per leaf, read back once."""
-  finite = _flatten(jax.device_get(_finite_leaves(params)))
+  reduction per leaf, read back once. Works on sharded arrays spread over several processes
+  (each reads its own copy of the replicated answers)."""
+  local = lambda x: x.addressable_data(0) if isinstance(x, jax.Array) else x
+  finite = _flatten(jax.device_get(jax.tree.map(local, _finite_leaves(params))))
   bad = [name for name, ok in finite.items() if not ok]
   if bad:
     more = f" (and {len(bad) - 1} more of {len(finite)} leaves)" if len(bad) > 1 else ""

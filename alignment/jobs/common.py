@@ -16,7 +16,7 @@ import ml_collections
 
 from alignment import lora as lora_lib
 from alignment import sharding
-from alignment.checkpoints.loading import check_dtype, load_model
+from alignment.checkpoints.loading import check_dtype, load_model_sharded
 from alignment.prompts import get_template
 from alignment.prompts.templates import PromptTemplate
 from alignment.rl.finetune import ExampleData, ExampleTrainer
@@ -107,8 +107,9 @@ def lora_config(section: ml_collections.ConfigDict) -> lora_lib.LoraConfig | Non
 
 
 def load_trainable(config: ml_collections.ConfigDict, mesh, rng: jax.Array) -> Trainable:
-  """Loads the model named by `config.model` and makes it trainable per `config.lora`."""
-  cfg, base, tokenizer = load_model(config.model)
+  """Loads the model named by `config.model` straight into `mesh`'s shards (each host reads
+  only its slices) and makes it trainable per `config.lora`."""
+  cfg, base, tokenizer = load_model_sharded(config.model, mesh)
   return make_trainable(cfg, base, tokenizer, lora_config(config.lora), mesh, rng)
 
 

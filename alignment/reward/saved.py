@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from alignment import lora as lora_lib
-from alignment.checkpoints.loading import load_model
+from alignment.checkpoints.loading import load_model, load_model_sharded
 from alignment.model.config import ModelConfig
 from alignment.reward import model as reward_model
 from alignment.tokenizer import Tokenizer
@@ -69,8 +69,10 @@ def save_reward_model(directory: str | pathlib.Path, config: ModelConfig, params
   return directory
 
 
-def load_reward_model(directory: str | pathlib.Path) -> RewardModel:
-  """Loads what `save_reward_model` wrote; errors name the missing or mismatched file."""
+def load_reward_model(directory: str | pathlib.Path, mesh: jax.sharding.Mesh | None = None
+                      ) -> RewardModel:
+  """Loads what `save_reward_model` wrote; errors name the missing or mismatched file. With
+  `mesh`, the backbone is loaded straight into its shards (`load_model_sharded`)."""
   directory = pathlib.Path(directory)
   meta_path = directory / META
   if not meta_path.is_file():
@@ -85,7 +87,8 @@ def load_reward_model(directory: str | pathlib.Path) -> RewardModel:
     section["tokenizer"] = str(directory / "tokenizer.model")
   if not meta["lora"]:
     section["checkpoint"] = str(directory / "backbone")
-  cfg, base, tokenizer = load_model(section)
+  cfg, base, tokenizer = (load_model(section) if mesh is None
+                          else load_model_sharded(section, mesh))
   with np.load(directory / "head.npz") as head_file:
     head = {"w": jnp.asarray(head_file["w"]), "b": jnp.asarray(head_file["b"])}
   if head["w"].shape != (cfg.embed_dim,):

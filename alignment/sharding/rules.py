@@ -58,7 +58,7 @@ def _axis_size(mesh: Mesh, entry) -> int:
   return size
 
 
-def _fit_to_shape(spec: PartitionSpec, shape: tuple[int, ...], mesh: Mesh) -> PartitionSpec:
+def fit_to_shape(spec: PartitionSpec, shape: tuple[int, ...], mesh: Mesh) -> PartitionSpec:
   """Replaces each mesh-axis entry that does not divide its dimension by None (replicate)."""
   entries = tuple(spec) + (None,) * (len(shape) - len(spec))
   fitted = [e if dim % _axis_size(mesh, e) == 0 else None for e, dim in zip(entries, shape)]
@@ -74,7 +74,7 @@ def logical_to_shardings(logical_specs: Any, shapes: Any, mesh: Mesh,
   """
   mesh_specs = nn.logical_to_mesh(logical_specs, rules)
   return jax.tree.map(
-      lambda spec, x: NamedSharding(mesh, _fit_to_shape(spec, x.shape, mesh)),
+      lambda spec, x: NamedSharding(mesh, fit_to_shape(spec, x.shape, mesh)),
       mesh_specs, shapes, is_leaf=_is_spec)
 
 
@@ -110,7 +110,7 @@ def activation_sharding(mesh: Mesh, names: tuple[str | None, ...], shape: tuple[
                         rules=LOGICAL_AXIS_RULES) -> NamedSharding:
   """Where an activation with logical `names` lives on `mesh` (undivided dims replicated)."""
   spec = nn.logical_to_mesh_axes(names, rules)
-  return NamedSharding(mesh, _fit_to_shape(spec, shape, mesh))
+  return NamedSharding(mesh, fit_to_shape(spec, shape, mesh))
 
 
 @contextlib.contextmanager
