@@ -164,16 +164,23 @@ def load_flax_gemma(path: PathLike, cfg: ModelConfig | None = None, dtype: str =
   if not path.exists():
     raise FileNotFoundError(f"checkpoint {path} not found")
   flat = _normalise_names(_restore(path, dtype))
-  if cfg is None:
-    try:
-      found = _read_shapes(flat)
-    except ValueError as e:
-      raise ValueError(f"{path}: {e}") from e
-    cfg = _match_preset(found, path)
-  cfg = cfg.replace(dtype=dtype, param_dtype=dtype)
+  cfg = _config_for(flat, path, cfg, dtype)
   params = traverse_util.unflatten_dict(_to_ours(flat, cfg, path), sep="/")
   validate_params(params, cfg, source=str(path))
   return cfg, params
+
+
+def _config_for(stored: dict[str, Any], path: pathlib.Path, cfg: ModelConfig | None,
+                dtype: str) -> ModelConfig:
+  """`cfg`, or the preset whose parameter shapes `stored` (arrays or their metadata) has,
+  with `dtype` as its compute and parameter dtype."""
+  if cfg is None:
+    try:
+      found = _read_shapes(stored)
+    except ValueError as e:
+      raise ValueError(f"{path}: {e}") from e
+    cfg = _match_preset(found, path)
+  return cfg.replace(dtype=dtype, param_dtype=dtype)
 
 
 def _stored_spec(name: str, shape: tuple[int, ...], ours: dict[str, Any], cfg: ModelConfig
@@ -204,13 +211,7 @@ def load_flax_gemma_sharded(path: PathLike, shardings_of: Callable[[ModelConfig]
         _metadata_tree(ocp.PyTreeCheckpointer(), path))[0]})
   except (OSError, ValueError, KeyError, TypeError) as e:
     raise ValueError(f"{path}: cannot read it as an orbax checkpoint ({e})") from e
-  if cfg is None:
-    try:
-      found = _read_shapes(stored)
-    except ValueError as e:
-      raise ValueError(f"{path}: {e}") from e
-    cfg = _match_preset(found, path)
-  cfg = cfg.replace(dtype="float32", param_dtype="float32")
+  cfg = _config_for(stored, path, cfg, "float32")
   shapes = {name: tuple(m.shape) for name, m in stored.items()}
   abstract = {name: jax.ShapeDtypeStruct(shape, jnp.float32) for name, shape in shapes.items()}
   validate_params(jax.eval_shape(lambda f: traverse_util.unflatten_dict(
