@@ -2,19 +2,22 @@
 270M, 2B and 7B presets compiled for v5e, v5p and v6e slices from a CPU machine, with and
 without rematerialisation, and each step's per-chip memory and compiled FLOPs.
 
-Needs libtpu (`.venv-tpu`, made by `make setup-tpu`); CI runs it through tests/test_tpu_aot.py.
+Needs libtpu (`.venv-tpu`, made by `make setup-tpu`); tests/test_tpu_aot.py runs a grid of it
+($ALIGNMENT_AOT_GRID: `ci` in .ci/run, `main` in `make test-tpu`).
 
   JAX_PLATFORMS=cpu .venv-tpu/bin/python -m experiments.tpu_aot --out=build/tpu_aot.md
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import pathlib
 import re
 import time
+from collections.abc import Sequence
+
+from absl import app, flags
 
 from alignment import lora as lora_lib
 from alignment import model, sharding
@@ -60,7 +63,15 @@ LORA_CASES: tuple[Case, ...] = tuple(
     Case(name, "sft_lora", topology, "full", 64, 512, unmerged=unmerged)
     for name, topology in (("gemma_2b", "v5p:2x2x1"), ("gemma_7b", "v6e:2x4"))
     for unmerged in (False, True))
-GRIDS = {"main": CASES, "lora": LORA_CASES}
+
+# What CI compiles on every run (`--grid=ci`, about 10 minutes on 2 cores instead of 50): each
+# model once on its generation, with the presets' remat=full -- the "fits its chips" proof. The
+# remat=none rows and the LoRA comparison come from the main and lora grids (`make test-tpu`).
+CI_CASES: tuple[Case, ...] = (
+    Case("gemma3_270m", "ppo_lora", "v5e:2x2", "full", 8, 192),
+    Case("gemma_2b", "sft_lora", "v5p:2x2x1", "full", 64, 512),
+    Case("gemma_7b", "sft_lora", "v6e:2x4", "full", 64, 512))
+GRIDS = {"main": CASES, "lora": LORA_CASES, "ci": CI_CASES}
 
 
 def model_config(case: Case) -> model.ModelConfig:
@@ -118,26 +129,32 @@ def _load(path: pathlib.Path) -> list[tuple[Case, aot.AotReport]]:
   return rows
 
 
-def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--out", default="build/tpu_aot.md", help="markdown table (+ .json)")
-  parser.add_argument("--grid", default="main", choices=sorted(GRIDS),
-                      help="main: the CI table; lora: merged vs unmerged LoRA SFT")
-  parser.add_argument("--shard", default="0/1",
-                      help="i/n: compile cases i, i+n, ... (n processes share the grid)")
-  parser.add_argument("--render", nargs="*", default=None,
-                      help="only write the table of these .json outputs (shards), in order")
-  args = parser.parse_args(argv)
-  out = pathlib.Path(args.out)
+def define_flags() -> None:
+  """Defined on running, not on import: tests import this module beside others with flags."""
+  flags.DEFINE_string("out", "build/tpu_aot.md", "markdown table (and its .json beside it)")
+  flags.DEFINE_enum("grid", "main", sorted(GRIDS),
+                    "main: remat none/full for every case; ci: what CI compiles; lora: merged vs "
+                    "unmerged LoRA SFT")
+  flags.DEFINE_string("shard", "0/1", "i/n: compile cases i, i+n, ... (n processes share a grid)")
+  flags.DEFINE_list("render", None, "only write the table of these .json outputs, in order")
+
+
+FLAGS = flags.FLAGS
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  out = pathlib.Path(FLAGS.out)
   out.parent.mkdir(parents=True, exist_ok=True)
-  if args.render is not None:
-    rows = [row for path in args.render for row in _load(pathlib.Path(path))]
-    order = {case: i for i, case in enumerate(GRIDS[args.grid])}
+  if FLAGS.render is not None:
+    rows = [row for path in FLAGS.render for row in _load(pathlib.Path(path))]
+    order = {case: i for i, case in enumerate(GRIDS[FLAGS.grid])}
     rows.sort(key=lambda row: order.get(row[0], len(order)))
   else:
-    index, count = (int(x) for x in args.shard.split("/"))
+    index, count = (int(x) for x in FLAGS.shard.split("/"))
     rows, start = [], time.perf_counter()
-    for case in GRIDS[args.grid][index::count]:
+    for case in GRIDS[FLAGS.grid][index::count]:
       report = run_case(case)
       rows.append((case, report))
       print(json.dumps({"case": dataclasses.asdict(case), **dataclasses.asdict(report)}),
@@ -150,4 +167,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-  main()
+  define_flags()
+  app.run(main)

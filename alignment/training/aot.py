@@ -6,17 +6,13 @@ before a pod is booked. Needs the optional `libtpu` package (pinned by `jax[tpu]
 
 A step to compile is a `StepSpec`: abstract parameters (traced under `eval_shape`, never
 allocated), their shardings, the frozen parts, the loss and the batch's shapes. This module
-builds the language-model and LoRA-SFT specs; `alignment.rl.aot` builds PPO's.
-
-    python -m alignment.training.aot --topology=v5e:2x2 --model=gemma3_270m \
-        --batch_size=16 --seq_len=1024 --mesh=1,-1,1 --compute_dtype=bfloat16
+builds the language-model and LoRA-SFT specs; `alignment.rl.aot` builds PPO's. One compile
+from the command line: `experiments/aot_compile.py`; the table of them: `experiments/tpu_aot.py`.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -28,7 +24,6 @@ from jax.sharding import Mesh
 
 from alignment import lora as lora_lib
 from alignment import model, sharding
-from alignment.model.config import REMAT_POLICIES
 from alignment.training import losses, metrics, optimizer, step as step_lib, train_state
 
 # HBM per chip in bytes, to say whether a compiled step fits (Cloud TPU docs).
@@ -191,35 +186,3 @@ def aot_report(topology: str, mesh_config: sharding.MeshConfig,
   """`step_report` for the language-model train step (`lm_step`)."""
   return step_report(topology, mesh_config, lm_step(model_config, batch_size, seq_len),
                      optimizer_config, compute_dtype)
-
-
-def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--topology", required=True, help="e.g. v5e:2x2, v4:2x2x1, v5p:2x2x1")
-  parser.add_argument("--model", required=True, help=f"one of {sorted(model.PRESETS)}")
-  parser.add_argument("--step", default="lm", choices=("lm", "sft_lora"),
-                      help="lm: every weight trains; sft_lora: the SFT job's LoRA step")
-  parser.add_argument("--mesh", default="1,-1,1", help="data,fsdp,tensor (one may be -1)")
-  parser.add_argument("--batch_size", type=int, required=True, help="global batch size")
-  parser.add_argument("--seq_len", type=int, required=True)
-  parser.add_argument("--compute_dtype", default=None, help="e.g. bfloat16")
-  parser.add_argument("--remat", default="none", choices=REMAT_POLICIES)
-  parser.add_argument("--scan_layers", action="store_true")
-  parser.add_argument("--grad_accum_steps", type=int, default=1)
-  args = parser.parse_args(argv)
-  mesh_config = sharding.MeshConfig(*(int(x) for x in args.mesh.split(",")))
-  cfg = model.get_config(args.model).replace(remat=args.remat, scan_layers=args.scan_layers)
-  if args.compute_dtype:
-    cfg = cfg.replace(dtype=args.compute_dtype)
-  if args.step == "lm":
-    spec = lm_step(cfg, args.batch_size, args.seq_len)
-  else:
-    spec = sft_lora_step(cfg, lora_lib.LoraConfig(), args.batch_size, args.seq_len)
-  report = step_report(args.topology, mesh_config, spec,
-                       optimizer.OptimizerConfig(grad_accum_steps=args.grad_accum_steps),
-                       args.compute_dtype)
-  print(json.dumps(dataclasses.asdict(report), indent=2))
-
-
-if __name__ == "__main__":
-  main()
