@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from alignment import lora as lora_lib
 from alignment import model as model_lib
 from alignment import sharding
 from alignment.data import batching, pipeline
@@ -136,7 +137,7 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
   outputs: dict[str, Any] = {}
   if distributed.is_primary():
-    outputs.update(common.save_lora(workdir, final_state.params, lcfg))
+    outputs.update(lora_lib.save_run_adapters(workdir, final_state.params, lcfg))
     summary = {"train": result.summary, "validation": history, "outputs": outputs,
                "data": data_report, "dpo": dataclasses.asdict(dpo_cfg)}
     atomic.write_json(workdir / "result.json", summary)

@@ -43,11 +43,11 @@ from alignment.evaluation import model_source
 from alignment.evaluation.model_source import load_params, resolve_model
 from alignment.evaluation.sets import load_prompts, parse_sets
 from alignment.evaluation.summary import summarize_run
-from alignment.jobs import common
+from alignment.prompts import template_or_none
 from alignment.prompts.templates import PromptTemplate
 from alignment.quantization import quantize_params
 from alignment.reward.scorer import build_scorers
-from alignment.sampling import Sampler, SamplingParams
+from alignment.sampling import Sampler, SamplingParams, sample_config
 from alignment.files import atomic
 from alignment.training import run_lock
 
@@ -161,8 +161,8 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
       raise ValueError(f"config.limits.{name}={limit}: use -1 (max_prompts_per_set), 0 (all) "
                        "or a positive count")
   if config.template:
-    common.template_or_none(config.template)  # a misspelt name fails before anything else
-  sampling = common.sampling_config(config)
+    template_or_none(config.template)  # a misspelt name fails before anything else
+  sampling = sample_config.sampling_params(config)
   if config.scoring.harmfulness_kind not in ("probability", "negative_reward"):
     raise ValueError(f"config.scoring.harmfulness_kind: unknown kind "
                      f"{config.scoring.harmfulness_kind!r}; expected 'probability' or "
@@ -180,7 +180,7 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
                          config.sample_seed, config.get("columns", ""))
   targets = attacked_prompts(prompts, attack_sets) if vectors else []
   source = resolve_model(config.model, config.adapters, config.run_dir)
-  template = common.template_or_none(template_name(config, source))
+  template = template_or_none(template_name(config, source))
   if source.adapters and not pathlib.Path(source.adapters).is_file():
     raise FileNotFoundError(f"config.adapters: no LoRA adapter file at {source.adapters}")
 

@@ -18,7 +18,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from alignment import lora as lora_lib
 from alignment import sharding
+from alignment.checkpoints.loading import require_tokenizer
 from alignment.jobs import common
 from alignment.prompts import get_template
 from alignment.rl import kl as kl_lib
@@ -27,6 +29,7 @@ from alignment.rl import prompts as prompts_lib
 from alignment.rl.ppo_trainer import PPOTrainer, RolloutConfig
 from alignment.rl.rewards import make_reward
 from alignment.rl.roles import ValueModel
+from alignment.sampling import sample_config
 from alignment.files import atomic
 from alignment.schema import from_section
 from alignment.training import distributed, loop, run_lock
@@ -42,7 +45,7 @@ def ppo_config(config: ml_collections.ConfigDict) -> ppo.PPOConfig:
 
 def rollout_config(config: ml_collections.ConfigDict) -> RolloutConfig:
   return from_section(RolloutConfig, config.rollout, "config.rollout",
-                      sampling=common.sampling_config(config.rollout),
+                      sampling=sample_config.sampling_params(config.rollout),
                       epochs=config.ppo.epochs, num_minibatches=config.ppo.num_minibatches)
 
 
@@ -87,7 +90,7 @@ def build(config: ml_collections.ConfigDict, mesh):
   """(trainer, prompt iterator, KL controller), fresh (not yet restored)."""
   init_rng, state_rng = jax.random.split(jax.random.key(config.seed))
   trainable = load_trainable(config, mesh, init_rng)
-  common.require_tokenizer(trainable.tokenizer, config.model)
+  require_tokenizer(trainable.tokenizer, config.model)
   reference_params = None
   if trainable.lora is None:  # full fine-tuning: the reference is a frozen copy
     reference_params = jax.tree.map(jnp.copy, trainable.params["base"])
@@ -130,7 +133,7 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   state = result.state
   outputs: dict[str, Any] = {}
   if distributed.is_primary():
-    outputs.update(common.save_lora(workdir, state.params, trainer.policy.lora))
+    outputs.update(lora_lib.save_run_adapters(workdir, state.params, trainer.policy.lora))
     summary = {"history": trainer.history, "samples": trainer.samples, "outputs": outputs,
                "start_iteration": start, "final_iteration": iterations, "wall_seconds": wall,
                "final_kl_coef": kl_ctl.value}

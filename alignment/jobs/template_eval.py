@@ -33,10 +33,9 @@ from alignment.data.records import EvalPrompt
 from alignment.evaluation import generation, report, scorers, summary, tables
 from alignment.evaluation.model_source import load_params, resolve_model
 from alignment.evaluation.sets import load_prompts, parse_sets
-from alignment.jobs import common
 from alignment.reward.scorer import build_scorers
 from alignment.prompts.library import DynamicTemplate, Template, resolve_template, template_texts
-from alignment.sampling import Sampler, SamplingParams
+from alignment.sampling import Sampler, SamplingParams, sample_config
 from alignment.files import atomic
 from alignment.training import run_lock
 
@@ -122,7 +121,7 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
     raise ValueError(f"config.template/baseline: {e.args[0]}") from None
   if templates["template"] is None:
     raise ValueError("config.template: 'none' leaves nothing to evaluate; name a template")
-  sampling = common.sampling_config(config)
+  sampling = sample_config.sampling_params(config)
   prompts = load_prompts(names, config.get("data_dir") or None,
                                   config.max_prompts_per_set, columns=config.get("columns", ""))
   check_held_out(templates["template"], names, prompts, config.template)
