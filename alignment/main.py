@@ -10,9 +10,9 @@ override, and what a run would use.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import logging
-import re
 import sys
 
 from absl import app
@@ -55,17 +55,65 @@ def run_job(config) -> None:
   module.run(config)
 
 
+def override_paths(argv: list[str]) -> list[str]:
+  """The dotted key paths of the `--config.a.b=v` (and `--noconfig.a.b`) overrides in argv."""
+  paths = []
+  for arg in argv[1:]:
+    name = arg.split("=", 1)[0].lstrip("-")
+    for prefix in ("config.", "noconfig."):
+      if name.startswith(prefix):
+        paths.append(name[len(prefix):])
+  return paths
+
+
+def unknown_key(config: ml_collections.ConfigDict, path: str) -> str | None:
+  """'unknown config key 'a.b'. Did you mean 'a.c'?' for the first key of the dotted `path`
+  that `config` lacks (the close match by difflib, among that section's keys), else None."""
+  node, walked = config, []
+  for key in path.split("."):
+    if not isinstance(node, ml_collections.ConfigDict):
+      return None  # below a value: not an unknown key (ml_collections' message says what)
+    if key not in node:
+      close = difflib.get_close_matches(key, list(node.keys()), n=1)
+      hint = f" Did you mean {'.'.join(walked + close)!r}?" if close else ""
+      return f"unknown config key {'.'.join(walked + [key])!r}.{hint}"
+    node, walked = node[key], walked + [key]
+  return None
+
+
+def _config_spec(argv: list[str]) -> str | None:
+  """The value of --config (`path[:preset]`) in argv."""
+  for i, arg in enumerate(argv[1:], 1):
+    if arg.startswith(("--config=", "-config=")):
+      return arg.split("=", 1)[1]
+    if arg in ("--config", "-config") and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
+def override_error(argv: list[str]) -> str | None:
+  """The unknown-key message for the first override naming a key the config lacks, checked
+  against the config itself (loaded by the flag's own parser), or None."""
+  spec = _config_spec(argv)
+  if spec is None:
+    return None
+  try:
+    config = flags.FLAGS["config"].parser.parse(spec)
+  except (OSError, TypeError, ValueError):  # the config itself fails: that error stands
+    return None
+  if not isinstance(config, ml_collections.ConfigDict):
+    return None
+  return next(filter(None, (unknown_key(config, p) for p in override_paths(argv))), None)
+
+
 def parse_flags(argv: list[str]) -> list[str]:
-  """Parses flags, turning a bad config override into a one-line error naming the key."""
+  """Parses flags, turning a bad config override into a short error naming the key."""
   try:
     return flags.FLAGS(argv)
   except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
     overrides = [a for a in argv[1:] if a.startswith("--config.")]
-    detail = " ".join(str(e).replace("\\n", " ").replace("\\", "").split())
-    if isinstance(e, AttributeError):  # ConfigDict's message for a key it does not have
-      key = re.search(r"'(\w+)'", detail)
-      hint = re.search(r"Did you mean.*\?", detail)
-      detail = f"unknown config key {key.group(1) if key else '?'!r}. {hint.group(0) if hint else ''}"
+    detail = override_error(argv) or " ".join(
+        str(e).replace("\\n", " ").replace("\\", "").split())
     sys.exit(f"config error: {detail}\n  overrides given: {' '.join(overrides) or 'none'}")
 
 

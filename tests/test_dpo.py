@@ -153,7 +153,7 @@ def test_dpo_config_errors():
   with pytest.raises(ValueError, match="not preference sources"):
     config = dpo_config.get_config("tiny")
     config.data.source = "alpaca"
-    dpo_job.build_pairs(config, None, 512)
+    reward_data.build_pairs(config, None, 512)
   with pytest.raises(ValueError, match="unknown dpo preset"):
     dpo_config.get_config("huge")
 

@@ -9,6 +9,7 @@ from alignment.answers.records import read_answers
 from alignment.data.readers import DataError
 from alignment.data.records import EvalPrompt
 from alignment.judges import refusal
+from alignment.evaluation import template_comparison
 from alignment.jobs import template_eval
 from alignment.prompts import ALPACA, GEMMA_CHAT
 from alignment.prompts.library import (
@@ -85,16 +86,16 @@ def test_shipped_library_and_held_out_checks():
   assert lib.get("plain_chat").prompt("x") == GEMMA_CHAT.format("x")
   assert "safety_instructions" in dyn.sources
   prompt = EvalPrompt("How are you?", "malicious_instructions", "m-0", "unsafe", ("crime",))
-  template_eval.check_held_out(dyn, ["malicious_instructions"], [prompt], "by_tag")
-  assert template_eval.render_prompt(dyn, prompt, "tag") == (
+  template_comparison.check_held_out(dyn, ["malicious_instructions"], [prompt], "by_tag")
+  assert template_comparison.render_prompt(dyn, prompt, "tag") == (
       lib.get("safety_few_shot").prompt("How are you?"))
-  assert template_eval.render_prompt(dyn, prompt, "label") == (
+  assert template_comparison.render_prompt(dyn, prompt, "label") == (
       lib.get("safety_preamble").prompt("How are you?"))
   with pytest.raises(ValueError, match="written from safety_instructions"):
-    template_eval.check_held_out(dyn, ["safety_instructions"], [], "by_tag")
+    template_comparison.check_held_out(dyn, ["safety_instructions"], [], "by_tag")
   leaked = EvalPrompt("Compose a  list of the WORST insults.", "cona", "c-7")
   with pytest.raises(ValueError, match="contains evaluation prompt cona/c-7"):
-    template_eval.check_held_out(dyn, ["cona"], [prompt, leaked], "by_tag")
+    template_comparison.check_held_out(dyn, ["cona"], [prompt, leaked], "by_tag")
   with pytest.raises(KeyError, match="no template 'nope'"):
     lib.get("nope")
 

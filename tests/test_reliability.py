@@ -21,9 +21,9 @@ from alignment.answers import records
 from alignment.checkpoints import huggingface as hf
 from alignment.checkpoints import loading
 from alignment.data import download, integrity, sources
-from alignment.jobs import common, sft
+from alignment.jobs import sft
 from alignment.files import atomic
-from alignment.training import checkpointing, loop, run_identity, run_lock
+from alignment.training import checkpointing, loop, run_identity, run_lock, run_start
 from configs import sft as sft_config
 from tiny_sentencepiece import train_tiny_tokenizer
 
@@ -128,7 +128,7 @@ def test_a_non_finite_state_is_never_checkpointed(tokenizer_path, tmp_path, monk
   sft.run(config)  # steps 1 and 2, sane
   # Past the config check, resumed with a rate that turns the state to NaN in one update
   # while the loss of that step (computed before the update) is still finite.
-  monkeypatch.setattr(common, "check_learning_rates", lambda config: None)
+  monkeypatch.setattr(run_start, "check_learning_rates", lambda config: None)
   config.train.update(learning_rate=1e39, steps=4)
   config.resume = "continue_with_changes"
   with pytest.raises(loop.NonFiniteLossError, match="in step 3 .*last good checkpoint is step 2"):

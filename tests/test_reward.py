@@ -249,7 +249,7 @@ def test_tiny_job_learns_an_easy_preference(tiny_run):
   rm = saved.load_reward_model(workdir / "reward_model")
   scores = json.loads((workdir / "scores.json").read_text())
   config = tiny_config(workdir)
-  _, val, _ = reward_job.build_pairs(config, None, rm.config.vocab_size)
+  _, val, _ = reward_data.build_pairs(config, None, rm.config.vocab_size)
   batch = batching.pad_pair_batch(val[:8], (24,), 0)
   r_c, r_r = reward_model.pair_rewards(rm.config, rm.head_params, batch)
   np.testing.assert_allclose(r_c, scores["chosen"][:8], rtol=1e-4, atol=1e-4)

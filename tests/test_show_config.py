@@ -33,3 +33,27 @@ def test_show_config_prints_overrides_and_runs_nothing(tmp_path):
   assert "data.base_source = '/x/mine.jsonl'" in lines
   assert "data.columns = 'q:prompt,a:completion'" in lines
   assert "job = 'sft'" in lines and not workdir.exists()
+
+
+def test_unknown_override_key_is_named_with_a_close_match(tmp_path):
+  """A misspelt key stops the program with the key's whole path and a suggestion, no traceback,
+  found by checking the path against the config (not by reading ml_collections' message)."""
+  out = subprocess.run(
+      [sys.executable, "-m", "alignment.main", "--config=configs/sft.py:tiny",
+       "--config.train.lerning_rate=0.1", f"--config.workdir={tmp_path / 'never'}"],
+      cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 1 and "Traceback" not in out.stderr
+  first, *_ = out.stderr.strip().splitlines()
+  assert first == ("config error: unknown config key 'train.lerning_rate'. "
+                   "Did you mean 'train.learning_rate'?")
+  assert not (tmp_path / "never").exists()
+
+
+def test_unknown_key_walks_the_config():
+  config = evaluate_config.get_config("tiny")
+  assert main.unknown_key(config, "scoring.harmfulness_kind") is None
+  assert main.unknown_key(config, "scorng.batch_size") == (
+      "unknown config key 'scorng'. Did you mean 'scoring'?")
+  assert main.unknown_key(config, "scoring.xyzzy") == "unknown config key 'scoring.xyzzy'."
+  assert main.override_paths(["prog", "--config=x.py", "--config.a.b=1", "--noconfig.c"]) == [
+      "a.b", "c"]

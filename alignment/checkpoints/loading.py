@@ -51,6 +51,16 @@ def check_dtype(dtype: Any) -> None:
     raise ValueError(f"config model.dtype={dtype!r}: must be one of {', '.join(COMPUTE_DTYPES)}")
 
 
+def require_tokenizer(tokenizer: Tokenizer | None, model_config: Any) -> Tokenizer:
+  """The tokenizer, or an error naming config.model.tokenizer when the model section's
+  checkpoint comes without one (the jobs that sample or read text need it)."""
+  if tokenizer is None:
+    raise ValueError(f"config.model: checkpoint {model_config.get('checkpoint')!r} comes "
+                     "without a tokenizer; set config.model.tokenizer to a SentencePiece "
+                     ".model file")
+  return tokenizer
+
+
 def _tokenizer(path: str) -> Tokenizer:
   if path == tiny_tokenizer.NAME:
     return tiny_tokenizer.tiny_tokenizer()

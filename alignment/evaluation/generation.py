@@ -39,6 +39,10 @@ class GenerationStats:
   def tokens_per_second(self) -> float:
     return self.generated_tokens / self.seconds if self.seconds > 0 else 0.0
 
+  def to_json(self) -> dict[str, float]:
+    """The fields and the rate, as result.json stores them."""
+    return {**dataclasses.asdict(self), "tokens_per_second": self.tokens_per_second}
+
 
 class AnswerProgress:
   """An `on_batch` callback logging 'answered batch k/n (a/m prompts), r answers/s, eta t'.

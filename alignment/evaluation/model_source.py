@@ -14,7 +14,7 @@ from typing import Any
 import jax
 
 from alignment import lora as lora_lib
-from alignment.checkpoints.loading import load_model
+from alignment.checkpoints.loading import load_model, require_tokenizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,13 +61,24 @@ def resolve_model(model: Mapping[str, Any], adapters: str = "", run_dir: str = "
   return ModelSource(model, adapters, run_config)
 
 
+def template_name(configured: str, source: ModelSource) -> str:
+  """`configured`, or if empty: the SFT run's data.template, else 'alpaca' (the paper's)."""
+  if configured:
+    return configured
+  run_template = ((source.run_config or {}).get("data") or {}).get("template")
+  return run_template or "alpaca"
+
+
+def check_adapters(source: ModelSource) -> None:
+  """A FileNotFoundError, before the slow model load, for an adapters path with no file."""
+  if source.adapters and not pathlib.Path(source.adapters).is_file():
+    raise FileNotFoundError(f"config.adapters: no LoRA adapter file at {source.adapters}")
+
+
 def load_params(source: ModelSource):
   """(ModelConfig, decoder params with adapters merged, tokenizer)."""
   cfg, params, tokenizer = load_model(source.model)
-  if tokenizer is None:
-    raise ValueError(f"config.model: checkpoint {source.model.get('checkpoint')!r} comes "
-                     "without a tokenizer; set config.model.tokenizer to a SentencePiece "
-                     ".model file")
+  require_tokenizer(tokenizer, source.model)
   if source.adapters:
     try:
       adapters, lcfg = lora_lib.load_adapters(source.adapters, cfg)

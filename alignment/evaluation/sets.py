@@ -39,6 +39,14 @@ def parse_sets(sets: str) -> list[str]:
   return names
 
 
+def check_limits(limits: Mapping[str, int]) -> None:
+  """Refuses a per-set limit below -1 (see `load_prompts`), naming the set."""
+  for name, limit in limits.items():
+    if limit < -1:
+      raise ValueError(f"config.limits.{name}={limit}: use -1 (max_prompts_per_set), 0 (all) "
+                       "or a positive count")
+
+
 def load_prompts(names: Sequence[str], data_dir: str | None, max_per_set: int = 0,
                  limits: Mapping[str, int] | None = None, sample_seed: int = -1,
                  columns: str = "") -> list[EvalPrompt]:

@@ -20,6 +20,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from alignment import lora as lora_lib
 from alignment.answers.records import AnswerRecord
 from alignment.evaluation import scorers
 from alignment.jobs import common
@@ -110,7 +111,7 @@ def run(config: ml_collections.ConfigDict, reward_fn: rs.RewardFn | None = None
         template, config.sampling.batch_size)
   outputs: dict[str, Any] = {}
   if distributed.is_primary():
-    outputs.update(common.save_lora(workdir, trainer.state.params, lcfg))
+    outputs.update(lora_lib.save_run_adapters(workdir, trainer.state.params, lcfg))
     atomic.write_json(workdir / "result.json",
                       {"figures": figures, "train": train_summary, "outputs": outputs})
   log.info("context distillation: %s", json.dumps(figures))

@@ -8,18 +8,18 @@ import jax
 import ml_collections
 from absl import logging
 
-from alignment.checkpoints.loading import load_model
-from alignment.jobs import common
-from alignment.sampling import Sampler
+from alignment.checkpoints.loading import load_model, require_tokenizer
+from alignment.prompts import template_or_none
+from alignment.sampling import Sampler, sample_config
 
 
 def run(config: ml_collections.ConfigDict) -> None:
   # Validate the cheap fields before the slow load.
-  sampling = common.sampling_config(config)
-  template = common.template_or_none(config.template)
+  sampling = sample_config.sampling_params(config)
+  template = template_or_none(config.template)
   start = time.perf_counter()
   cfg, params, tokenizer = load_model(config.model)
-  common.require_tokenizer(tokenizer, config.model)
+  require_tokenizer(tokenizer, config.model)
   logging.info("loaded %s in %.1f s", config.model.checkpoint, time.perf_counter() - start)
   sampler = Sampler(cfg, params, tokenizer, template=template)
   start = time.perf_counter()

@@ -11,28 +11,26 @@ adapters.npz (the policy's LoRA) and result.json (per-iteration metrics; written
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 
-from alignment import sharding
+from alignment import lora as lora_lib
+from alignment.checkpoints.loading import require_tokenizer
+from alignment.files import atomic
 from alignment.jobs import common
 from alignment.prompts import get_template
 from alignment.rl import kl as kl_lib
 from alignment.rl import ppo
 from alignment.rl import prompts as prompts_lib
-from alignment.rl.ppo_trainer import PPOTrainer, RolloutConfig
+from alignment.rl.ppo_trainer import PPOTrainer, RolloutConfig, add_critic, check_single_host
 from alignment.rl.rewards import make_reward
-from alignment.rl.roles import ValueModel
-from alignment.files import atomic
+from alignment.sampling import sample_config
 from alignment.schema import from_section
-from alignment.training import distributed, loop, run_lock
-from alignment.training.trainer import Trainable, TrainerConfig
-
-log = logging.getLogger(__name__)
+from alignment.training import distributed, run_lock
+from alignment.training.trainer import TrainerConfig
 
 
 def ppo_config(config: ml_collections.ConfigDict) -> ppo.PPOConfig:
@@ -42,7 +40,7 @@ def ppo_config(config: ml_collections.ConfigDict) -> ppo.PPOConfig:
 
 def rollout_config(config: ml_collections.ConfigDict) -> RolloutConfig:
   return from_section(RolloutConfig, config.rollout, "config.rollout",
-                      sampling=common.sampling_config(config.rollout),
+                      sampling=sample_config.sampling_params(config.rollout),
                       epochs=config.ppo.epochs, num_minibatches=config.ppo.num_minibatches)
 
 
@@ -55,39 +53,13 @@ def trainer_config(config: ml_collections.ConfigDict, rollout: RolloutConfig) ->
                       checkpoint_every=c.every, checkpoint_keep=c.keep, async_save=c.async_save)
 
 
-def tokenized_prompts(config, tokenizer, template) -> list[tuple[prompts_lib.RLPrompt, list[int]]]:
-  """The configured prompts through the template, with <bos>; over-long ones dropped."""
-  loaded = prompts_lib.load_prompts(config.prompts.sources, common.data_dir(config), config.seed,
-                                    per_source=config.prompts.per_source)
-  kept = []
-  for prompt in loaded:
-    ids = tokenizer.encode(template.format(prompt.text), add_bos=True)
-    if len(ids) <= config.rollout.max_prompt_length:
-      kept.append((prompt, ids))
-  if len(kept) < config.rollout.prompts_per_iteration:
-    raise ValueError(f"only {len(kept)} of {len(loaded)} prompts fit "
-                     f"rollout.max_prompt_length={config.rollout.max_prompt_length}; need at "
-                     f"least rollout.prompts_per_iteration={config.rollout.prompts_per_iteration}")
-  return kept
-
-
-def load_trainable(config: ml_collections.ConfigDict, mesh, rng: jax.Array) -> Trainable:
-  """The policy's {"base", "lora"} (see `common.load_trainable`) plus the critic's "value"."""
-  # An SFT start (config.model.adapters) is merged into the base at load: it is the reference.
-  trainable = common.load_trainable(config, mesh, rng)
-  value_model = ValueModel(trainable.model_config, trainable.lora)
-  value = value_model.init(trainable.params["base"], jax.random.fold_in(rng, 7))
-  trainable.params["value"] = value
-  trainable.shardings["value"] = sharding.logical_to_shardings(
-      value_model.logical_axes(), jax.eval_shape(lambda: value), mesh)
-  return trainable
-
-
 def build(config: ml_collections.ConfigDict, mesh):
   """(trainer, prompt iterator, KL controller), fresh (not yet restored)."""
   init_rng, state_rng = jax.random.split(jax.random.key(config.seed))
-  trainable = load_trainable(config, mesh, init_rng)
-  common.require_tokenizer(trainable.tokenizer, config.model)
+  # An SFT start (config.model.adapters) is merged into the base at load: it is the reference.
+  trainable = common.load_trainable(config, mesh, init_rng)
+  add_critic(trainable, mesh, jax.random.fold_in(init_rng, 7))
+  require_tokenizer(trainable.tokenizer, config.model)
   reference_params = None
   if trainable.lora is None:  # full fine-tuning: the reference is a frozen copy
     reference_params = jax.tree.map(jnp.copy, trainable.params["base"])
@@ -95,42 +67,30 @@ def build(config: ml_collections.ConfigDict, mesh):
   trainer = PPOTrainer(trainable, ppo_config(config), rollout, trainer_config(config, rollout),
                        mesh, state_rng, make_reward(config.reward, trainable.tokenizer),
                        reference_params, run_config=common.run_config(config))
-  prompts = prompts_lib.PromptIterator(
-      tokenized_prompts(config, trainable.tokenizer, get_template(config.prompts.template)),
-      config.rollout.prompts_per_iteration, config.seed)
+  loaded = prompts_lib.load_prompts(config.prompts.sources, common.data_dir(config),
+                                    config.seed, per_source=config.prompts.per_source)
+  tokenized = prompts_lib.tokenize_prompts(
+      loaded, trainable.tokenizer, get_template(config.prompts.template),
+      config.rollout.max_prompt_length, config.rollout.prompts_per_iteration)
+  prompts = prompts_lib.PromptIterator(tokenized, config.rollout.prompts_per_iteration,
+                                       config.seed)
   k = config.kl
   return trainer, prompts, kl_lib.make_kl_controller(k.controller, k.coef, k.target, k.horizon)
-
-
-LOGGED = ("reward", "kl", "kl_coef", "rollout_entropy", "clip_fraction", "value_loss",
-          "response_length", "time_generate", "time_score", "time_train")
 
 
 @run_lock.released_on_return
 def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   workdir, mesh = common.start(config)  # joins the process group: process_count is known after
-  if jax.process_count() > 1:
-    # Lifting this needs the sampler to take and return global (multi-host) arrays and the
-    # host-side reward and metrics to read only their own rows: not a small change.
-    raise NotImplementedError(
-        f"ppo runs on one host only ({jax.process_count()} processes found): the rollout "
-        "sampler takes host numpy prompts and reads its outputs back with np.asarray, and the "
-        "reward and metrics read the whole batch on the host; across hosts those arrays are "
-        "not addressable by every process")
+  check_single_host()
   trainer, prompts, kl_ctl = build(config, mesh)
-
-  def log_line(step: int, _state) -> None:
-    record = trainer.history[-1]
-    log.info("iteration %d: %s", step, ", ".join(f"{k}={record[k]:.4g}" for k in LOGGED))
-
   iterations = config.train.iterations
   result = trainer.fit(prompts, kl_ctl, iterations, workdir, config.seed + 1,
-                       hooks=[loop.Hook(config.train.log_every, log_line)])
+                       hooks=[trainer.log_hook(config.train.log_every)])
   start, wall = result.summary["start_step"], result.summary["wall_seconds"]
   state = result.state
   outputs: dict[str, Any] = {}
   if distributed.is_primary():
-    outputs.update(common.save_lora(workdir, state.params, trainer.policy.lora))
+    outputs.update(lora_lib.save_run_adapters(workdir, state.params, trainer.policy.lora))
     summary = {"history": trainer.history, "samples": trainer.samples, "outputs": outputs,
                "start_iteration": start, "final_iteration": iterations, "wall_seconds": wall,
                "final_kl_coef": kl_ctl.value}

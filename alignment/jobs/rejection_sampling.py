@@ -18,10 +18,12 @@ import jax
 import ml_collections
 import numpy as np
 
+from alignment import lora as lora_lib
 from alignment import schema
 from alignment.jobs import common
 from alignment.jobs.common import make_sample_fn
 from alignment.rl import prompts as prompts_lib
+from alignment.sampling import sample_config
 from alignment.rl import rejection_sampling as rs
 from alignment.files import atomic
 from alignment.training import distributed, run_lock
@@ -36,7 +38,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                       ("sampling.max_new_tokens", config.sampling.max_new_tokens)):
     if value < 1:
       raise ValueError(f"{name}={value} must be >= 1")
-  common.sampling_config(config.sampling)  # validates temperature / top-k / top-p
+  sample_config.sampling_params(config.sampling)  # validates temperature / top-k / top-p
 
 
 def make_reward(section: ml_collections.ConfigDict,
@@ -117,6 +119,6 @@ def run(config: ml_collections.ConfigDict, reward_fn: rs.RewardFn | None = None
 
   outputs: dict[str, Any] = {}
   if distributed.is_primary():
-    outputs.update(common.save_lora(workdir, trainer.state.params, lcfg))
+    outputs.update(lora_lib.save_run_adapters(workdir, trainer.state.params, lcfg))
     atomic.write_json(workdir / "result.json", {"rounds": history, "outputs": outputs})
   return {"state": trainer.state, "rounds": history, "outputs": outputs}

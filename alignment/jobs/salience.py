@@ -12,10 +12,9 @@ import time
 import ml_collections
 from absl import logging
 
-from alignment.checkpoints.loading import load_model
+from alignment.checkpoints.loading import load_model, require_tokenizer
 from alignment.interpret import render
 from alignment.interpret.salience import SalienceResult, prompt_salience
-from alignment.jobs import common
 from alignment.prompts.library import resolve_template
 from alignment.sampling import Sampler, SamplingParams
 from alignment.files import atomic
@@ -37,7 +36,7 @@ def run(config: ml_collections.ConfigDict) -> SalienceResult:
                                                                  label=config.label or None)
   start = time.perf_counter()
   cfg, params, tokenizer = load_model(config.model)
-  common.require_tokenizer(tokenizer, config.model)
+  require_tokenizer(tokenizer, config.model)
   logging.info("loaded %s in %.1f s", config.model.checkpoint, time.perf_counter() - start)
   target = config.target
   if not target:

@@ -116,7 +116,7 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   merged = distributed.fetch(merge(final_state.params)) if config.export_merged else None
   outputs: dict[str, Any] = {}
   if distributed.is_primary():
-    outputs.update(common.save_lora(workdir, {"lora": adapters}, lcfg))
+    outputs.update(lora_lib.save_run_adapters(workdir, {"lora": adapters}, lcfg))
     if config.export_merged:  # a LoRA run can also be exported later by configs/export.py
       outputs["merged_model"] = str(huggingface.save_safetensors(
           cfg.replace(dtype="float32"), merged, workdir / "merged_hf", tokenizer=tokenizer))

@@ -217,6 +217,17 @@ def save_adapters(path: str | os.PathLike, adapters: Params, lora: LoraConfig) -
     np.savez(f, **flat)
 
 
+def save_run_adapters(workdir: str | os.PathLike, params: Params, lora: LoraConfig | None
+                      ) -> dict[str, str]:
+  """A LoRA run's trained adapters (`params["lora"]`) in workdir/adapters.npz, where the
+  evaluation and export jobs look for them: {"adapters": path}, or {} without LoRA."""
+  if lora is None:
+    return {}
+  path = pathlib.Path(workdir) / "adapters.npz"
+  save_adapters(path, jax.device_get(params["lora"]), lora)
+  return {"adapters": str(path)}
+
+
 def _entry(data: Any, path: pathlib.Path, key: str) -> np.ndarray:
   """One array of an open .npz; a pickled object or a damaged member names the file and key
   (pickles are never loaded: an adapter file holds plain arrays)."""

@@ -74,6 +74,17 @@ def get_template(name: str) -> PromptTemplate:
   return _BUILTIN[name]
 
 
+def template_or_none(name: str) -> PromptTemplate | None:
+  """The template `config.template` names for a sampling job, or None for 'none' (the raw
+  prompt); a ValueError naming the key for an unknown name."""
+  if name == "none":
+    return None
+  try:
+    return get_template(name)
+  except KeyError as e:
+    raise ValueError(f"config.template: {e.args[0]} (or 'none')") from None
+
+
 def load_alpaca_style_template(path: str | pathlib.Path) -> PromptTemplate:
   """Reads a template file in the Alpaca-LoRA JSON format (prompt_input, prompt_no_input...)."""
   path = pathlib.Path(path)

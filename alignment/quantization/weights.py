@@ -66,6 +66,16 @@ def _check_scheme(scheme: str) -> None:
     raise ValueError(f"unknown quantization scheme {scheme!r}; known: {', '.join(SCHEMES)}")
 
 
+ROUND_TRIP_SCHEMES = SCHEMES[1:]  # what an evaluation may round-trip through; '' = none
+
+
+def check_round_trip(scheme: str, name: str = "config.quantize") -> None:
+  """A ValueError for an unknown scheme ('' = none), before the slow model load."""
+  if scheme and scheme not in ROUND_TRIP_SCHEMES:
+    raise ValueError(f"{name}: unknown scheme {scheme!r}; expected '' (none) or one of "
+                     f"{', '.join(ROUND_TRIP_SCHEMES)}")
+
+
 def _qwix():
   try:
     import qwix  # pylint: disable=import-outside-toplevel

@@ -153,6 +153,26 @@ def synthetic_pairs(num_pairs: int, vocab_size: int, max_length: int, seed: int,
   return out
 
 
+NAMED_SOURCES = ("hh_harmless", "hh_helpful", "synthetic")  # data.source, besides files
+
+
+def check_data(d: Any) -> None:
+  """Checks a preference job's `data` section (source names, template, split and counts),
+  naming the field, before any model or data is loaded."""
+  names = list(schema.names(d.source))
+  if not names or any(n not in NAMED_SOURCES and not user_files.is_path(n) for n in names):
+    raise ValueError(f"data.source={d.source!r}; expected one of {NAMED_SOURCES} or a file of "
+                     "prompt/chosen/rejected pairs (.jsonl, .json, .csv, .parquet)")
+  data_template(d)  # a misspelt template fails before the model loads
+  if not 0.0 < d.validation_fraction < 1.0:
+    raise ValueError(f"data.validation_fraction={d.validation_fraction} must be in (0, 1)")
+  for name in ("max_pairs", "max_validation_pairs", "synthetic_pairs"):
+    if d[name] < 0:
+      raise ValueError(f"data.{name}={d[name]} must be >= 0 (0 = all)")
+  if d.source == "synthetic" and d.synthetic_pairs < 2:
+    raise ValueError("data.source='synthetic' needs data.synthetic_pairs >= 2")
+
+
 def check_source_names(names: Sequence[str]) -> None:
   """A ValueError unless each name is a preference source or a file (its format is checked
   when read)."""

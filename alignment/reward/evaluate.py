@@ -15,11 +15,29 @@ from typing import Any
 
 import numpy as np
 
+from alignment.data import batching
 from alignment.reward.losses import ranking_loss
+from alignment.training import distributed
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
   return 0.5 * (1.0 + np.tanh(0.5 * x))  # overflow-free logistic
+
+
+def score_pairs(score_fn, params, pairs: list, batch_size: int, max_length: int, mesh,
+                pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+  """(r_chosen, r_rejected) over `pairs`, in fixed-size batches (the last padded by repeats,
+  whose scores are dropped); `score_fn` is `model.make_pair_score_fn`'s."""
+  buckets = batching.default_buckets(max_length)
+  chosen, rejected = [], []
+  for start in range(0, len(pairs), batch_size):
+    chunk = pairs[start:start + batch_size]
+    padded = chunk + [chunk[0]] * (batch_size - len(chunk))
+    batch = distributed.global_batch(batching.pad_pair_batch(padded, buckets, pad_id), mesh)
+    r_c, r_r = score_fn(params, batch)
+    chosen.append(np.asarray(r_c)[:len(chunk)])
+    rejected.append(np.asarray(r_r)[:len(chunk)])
+  return np.concatenate(chosen), np.concatenate(rejected)
 
 
 def pairwise_accuracy(r_chosen: np.ndarray, r_rejected: np.ndarray) -> float:

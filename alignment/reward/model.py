@@ -5,7 +5,7 @@ response was not truncated). Rows are right-padded, so under the causal mask not
 that token (more text, padding) can change it.
 
 Trained parameters are {"base": decoder, "lora": adapters or {}, "head": {"w", "b"}}, the
-layout of `alignment.jobs.common.Trainable`; `scalar_head_params` turns them into the tree
+layout of `alignment.training.trainer.Trainable`; `scalar_head_params` turns them into the tree
 `ScalarHeadModel` runs on.
 """
 
@@ -86,6 +86,15 @@ def pair_rewards(config: ModelConfig, head_params: Params,
                              stacked["input_mask"], stacked["last_index"])
   b = batch["chosen"]["tokens"].shape[0]
   return rewards[:b], rewards[b:]
+
+
+def make_pair_score_fn(config: ModelConfig, lora: lora_lib.LoraConfig | None):
+  """Jitted (trained params, pair batch) -> (r_chosen, r_rejected)."""
+  @jax.jit
+  def score_fn(params, batch):
+    return pair_rewards(config, scalar_head_params(params, lora), batch)
+
+  return score_fn
 
 
 def reward_probability(rewards: Array) -> Array:

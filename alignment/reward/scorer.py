@@ -167,6 +167,21 @@ def register_harmfulness_scorer(directory: str | pathlib.Path, kind: str = "prob
   return scorer
 
 
+def check_scoring(scoring: Mapping[str, Any]) -> None:
+  """Refuses, before any model loads, an unknown harmfulness kind or a reward-model directory
+  the reward job did not write (no reward_model.json)."""
+  if scoring["harmfulness_kind"] not in KINDS:
+    raise ValueError(f"config.scoring.harmfulness_kind: unknown kind "
+                     f"{scoring['harmfulness_kind']!r}; expected 'probability' or "
+                     "'negative_reward'")
+  for field in ("harmfulness_rm", "helpfulness_rm"):
+    rm_dir = scoring[field]
+    if rm_dir and not (pathlib.Path(rm_dir) / "reward_model.json").is_file():
+      raise FileNotFoundError(f"config.scoring.{field}: {rm_dir} is not a saved reward model "
+                              "(no reward_model.json; the reward job writes <workdir>/"
+                              "reward_model)")
+
+
 def build_scorers(scoring: Mapping[str, Any]) -> dict[str, Scorer]:
   """{name: scorer}: refusal, plus the reward-model scorers a config's `scoring` section
   names (harmfulness_rm, harmfulness_kind, helpfulness_rm, batch_size)."""

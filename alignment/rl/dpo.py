@@ -23,7 +23,9 @@ import optax
 
 from alignment import lora as lora_lib
 from alignment import model
+from alignment import sharding
 from alignment.model.config import ModelConfig
+from alignment.training.trainer import Trainable
 
 Array = jax.Array
 LOSS_TYPES = ("sigmoid", "ipo")
@@ -117,6 +119,18 @@ def policy_and_reference(params: dict[str, Any], lora: lora_lib.LoraConfig | Non
     raise ValueError("full-parameter DPO needs a frozen 'reference' copy in the parameters "
                      "(with LoRA the base with adapters off is the reference)")
   return params["base"], jax.lax.stop_gradient(params["reference"])
+
+
+def add_frozen_reference(trainable: Trainable, mesh) -> None:
+  """Full fine-tuning: a frozen copy of the starting weights as "reference" (sharded like the
+  base, never updated); with LoRA the base with adapters off is the reference already."""
+  if trainable.lora is not None:
+    return
+  trainable.params["reference"] = jax.tree.map(jnp.copy, trainable.params["base"])
+  trainable.shardings["reference"] = sharding.logical_to_shardings(
+      model.param_logical_axes(trainable.model_config),
+      jax.eval_shape(lambda: trainable.params["base"]), mesh)
+  trainable.frozen = (*trainable.frozen, "^reference/")
 
 
 def make_loss_fn(config: ModelConfig, lora: lora_lib.LoraConfig | None,

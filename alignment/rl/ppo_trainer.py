@@ -10,6 +10,7 @@ count iterations and carry the prompt position and the KL coefficient.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import pathlib
 import time
 from collections.abc import Callable, Sequence
@@ -19,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from alignment import sharding
 from alignment.data import batching
 from alignment.rl import ppo
 from alignment.rl import prompts as prompts_lib
@@ -28,7 +30,34 @@ from alignment.sampling import SamplingParams, bucket_size, generate
 from alignment.training import distributed, loop
 from alignment.training.trainer import Trainable, Trainer, TrainerConfig
 
+log = logging.getLogger(__name__)
+
 TokenizedPrompt = tuple[prompts_lib.RLPrompt, list[int]]
+# The figures of an iteration's log line (`PPOTrainer.log_hook`).
+LOGGED = ("reward", "kl", "kl_coef", "rollout_entropy", "clip_fraction", "value_loss",
+          "response_length", "time_generate", "time_score", "time_train")
+
+
+def check_single_host() -> None:
+  """PPO runs on one host only; call after the process group is joined."""
+  if jax.process_count() > 1:
+    # Lifting this needs the sampler to take and return global (multi-host) arrays and the
+    # host-side reward and metrics to read only their own rows: not a small change.
+    raise NotImplementedError(
+        f"ppo runs on one host only ({jax.process_count()} processes found): the rollout "
+        "sampler takes host numpy prompts and reads its outputs back with np.asarray, and the "
+        "reward and metrics read the whole batch on the host; across hosts those arrays are "
+        "not addressable by every process")
+
+
+def add_critic(trainable: Trainable, mesh, rng: jax.Array) -> None:
+  """The critic's parameters ("value": adapters or a full copy of the base, and a zero
+  head) beside the policy's {"base", "lora"}, placed by their logical axes."""
+  value_model = ValueModel(trainable.model_config, trainable.lora)
+  value = value_model.init(trainable.params["base"], rng)
+  trainable.params["value"] = value
+  trainable.shardings["value"] = sharding.logical_to_shardings(
+      value_model.logical_axes(), jax.eval_shape(lambda: value), mesh)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +137,14 @@ class PPOTrainer:
   @property
   def state(self):
     return self.updates.state
+
+  def log_hook(self, every: int) -> loop.Hook:
+    """A loop hook logging the last iteration's LOGGED figures every `every` iterations."""
+    def log_line(step: int, _state) -> None:
+      record = self.history[-1]
+      log.info("iteration %d: %s", step, ", ".join(f"{k}={record[k]:.4g}" for k in LOGGED))
+
+    return loop.Hook(every, log_line)
 
   def _end_of_turn(self) -> tuple[int, ...]:
     try:

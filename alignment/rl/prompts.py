@@ -91,6 +91,23 @@ def load_prompts(sources: str | Sequence[str], data_dir: str | None, seed: int,
   return [prompts[i] for i in order[:num_prompts or None]]
 
 
+def tokenize_prompts(prompts: Sequence[RLPrompt], tokenizer: Any, template: Any,
+                     max_length: int, needed: int) -> list[tuple[RLPrompt, list[int]]]:
+  """(prompt, ids) for each prompt through `template` with <bos>; over-long ones (more than
+  `max_length` ids, PPO's rollout.max_prompt_length) dropped, an error if fewer than
+  `needed` (rollout.prompts_per_iteration) are left."""
+  kept = []
+  for prompt in prompts:
+    ids = tokenizer.encode(template.format(prompt.text), add_bos=True)
+    if len(ids) <= max_length:
+      kept.append((prompt, ids))
+  if len(kept) < needed:
+    raise ValueError(f"only {len(kept)} of {len(prompts)} prompts fit "
+                     f"rollout.max_prompt_length={max_length}; need at "
+                     f"least rollout.prompts_per_iteration={needed}")
+  return kept
+
+
 class PromptIterator:
   """Endless batches of prompts (any items, e.g. (RLPrompt, token ids)), reshuffled each epoch
   by (seed, epoch); resumable."""
