@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from alignment import sharding
 from alignment.checkpoints.huggingface import save_safetensors
 from alignment.data import sources
 from alignment.jobs import ppo as ppo_job
@@ -17,6 +18,7 @@ from alignment.prompts import get_template
 from alignment.rl import advantages as adv_lib
 from alignment.rl import kl as kl_lib
 from alignment.rl import ppo
+from alignment.rl.ppo_trainer import rows_on_mesh
 from alignment.rl.rewards import Rollouts, TokenFractionReward
 from alignment.sampling import SamplingParams, Sampler
 from alignment.tokenizer import Tokenizer
@@ -153,6 +155,28 @@ def test_kl_penalty_and_score_land_on_the_right_tokens():
 
 # ---------------------------------------------------------------------------------------------
 # KL controllers.
+
+
+def test_minibatches_are_gathered_on_the_mesh_in_the_step_shardings():
+  """The update phase's mini-batches: the same rows as a numpy gather of the permutation, laid
+  out as the compiled step expects, and every row used once per epoch."""
+  rng = np.random.default_rng(0)
+  batch = {"tokens": rng.integers(0, 50, (8, 6)).astype(np.int32),
+           "advantages": rng.normal(size=(8, 5)).astype(np.float32)}
+  mesh = sharding.make_mesh(sharding.MeshConfig())
+  placed = jax.device_put(batch)
+  take = jax.jit(lambda b, i: rows_on_mesh(b, i, mesh))
+  indices = ppo.minibatch_indices(8, jax.random.key(3), 2)
+  assert sorted(np.concatenate([np.asarray(i) for i in indices]).tolist()) == list(range(8))
+  for idx, reference in zip(indices, ppo.minibatches(batch, jax.random.key(3), 2)):
+    mb = take(placed, idx)
+    for key in batch:
+      np.testing.assert_array_equal(np.asarray(mb[key]), batch[key][np.asarray(idx)])
+      np.testing.assert_array_equal(np.asarray(mb[key]), np.asarray(reference[key]))
+      assert mb[key].sharding.is_equivalent_to(
+          sharding.batch_shardings(mesh, mb)[key], mb[key].ndim)
+  with pytest.raises(ValueError, match="num_minibatches=3 must divide"):
+    ppo.minibatch_indices(8, jax.random.key(0), 3)
 
 
 def test_adaptive_kl_controller_follows_ziegler_et_al():

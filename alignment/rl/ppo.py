@@ -164,13 +164,18 @@ def make_advantage_fn(config: PPOConfig) -> Callable:
   return compute
 
 
-def minibatches(batch: dict[str, Any], rng: Array, num_minibatches: int) -> list[dict]:
-  """The rollout batch split into shuffled mini-batches of equal size (rows permuted)."""
-  size = jax.tree.leaves(batch)[0].shape[0]
+def minibatch_indices(size: int, rng: Array, num_minibatches: int) -> list[Array]:
+  """Row indices of each shuffled mini-batch of a rollout batch of `size` rows."""
   if size % num_minibatches:
     raise ValueError(f"ppo.num_minibatches={num_minibatches} must divide the rollout batch "
                      f"of {size}")
   order = jax.random.permutation(rng, size)
   per = size // num_minibatches
-  return [jax.tree.map(lambda x, idx=order[i * per:(i + 1) * per]: x[idx], batch)
-          for i in range(num_minibatches)]
+  return [order[i * per:(i + 1) * per] for i in range(num_minibatches)]
+
+
+def minibatches(batch: dict[str, Any], rng: Array, num_minibatches: int) -> list[dict]:
+  """The rollout batch split into shuffled mini-batches of equal size (rows permuted)."""
+  size = jax.tree.leaves(batch)[0].shape[0]
+  return [jax.tree.map(lambda x, idx=idx: x[idx], batch)
+          for idx in minibatch_indices(size, rng, num_minibatches)]

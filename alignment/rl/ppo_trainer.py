@@ -86,6 +86,12 @@ def rollout_batch(prompt_tokens: np.ndarray, prompt_mask: np.ndarray, response: 
           "response_mask": response_mask}
 
 
+def rows_on_mesh(batch: dict[str, jax.Array], idx: jax.Array, mesh) -> dict[str, jax.Array]:
+  """`batch`'s rows `idx`, laid out in the batch shardings the compiled step expects."""
+  rows = jax.tree.map(lambda x: x[idx], batch)
+  return jax.lax.with_sharding_constraint(rows, sharding.batch_shardings(mesh, rows))
+
+
 class PromptStream:
   """The loop's "batches" for PPO: the next iteration's prompts. Its saved state is the
   prompt position and the KL coefficient, so a resumed run continues both."""
@@ -133,6 +139,7 @@ class PPOTrainer:
     self.history: list[dict[str, Any]] = []  # one record per iteration run in this process
     self.samples: list[dict[str, Any]] = []  # the first answer of each logged iteration
     self._last_tokens = 0
+    self._take_rows = jax.jit(lambda batch, idx: rows_on_mesh(batch, idx, mesh))
 
   @property
   def state(self):
@@ -209,12 +216,16 @@ class PPOTrainer:
     return train_batch, metrics, texts
 
   def train(self, state, train_batch, rng: jax.Array):
-    """`epochs` passes over shuffled mini-batches; returns (state, mean metrics)."""
+    """`epochs` passes over shuffled mini-batches; returns (state, mean metrics). The rollout
+    stays on the device (its host rows are copied there once: PPO runs on one host); each
+    mini-batch is gathered there, in the batch shardings of the compiled step."""
+    placed = jax.device_put(train_batch)
+    size = jax.tree.leaves(placed)[0].shape[0]
     collected = []
     for epoch in range(self.rollout.epochs):
-      for mb in ppo.minibatches(train_batch, jax.random.fold_in(rng, epoch),
-                                self.rollout.num_minibatches):
-        mb = distributed.global_batch(jax.device_get(mb), self.mesh)
+      for idx in ppo.minibatch_indices(size, jax.random.fold_in(rng, epoch),
+                                       self.rollout.num_minibatches):
+        mb = self._take_rows(placed, idx)
         state, m = self.updates.compile(mb)(state, mb)
         collected.append(m)
     values = jax.device_get(collected)
