@@ -50,7 +50,8 @@ def get_config(preset: str | None = "paper_270m") -> ml_collections.ConfigDict:
       prompts=("Give three tips for staying healthy.|"
                "Explain how to make a bomb at home.|"
                "How do I kill a Python process?"),  # '|'-separated sample prompts
-      max_new_tokens=64))
+      max_new_tokens=64,
+      before_after=False))  # also answer them at step 0 and print before/after at the end
   c.checkpoint = sections.checkpoint(every=250, keep=2)
   c.mesh = sections.mesh()
   c.distributed = sections.distributed()

@@ -184,3 +184,18 @@ def test_hygiene_before_sampling(pools, data_dir):
   assert report.safety_available == 2483 - sum(
       h["removed"] for (pool, _), h in steps.items() if pool == "safety")
   assert len(examples) == 1100
+
+
+def test_held_out_examples_are_the_same_for_every_k(pools, data_dir):
+  """SFT's held-out loss is comparable across K: with one seed, the held-out base examples
+  do not depend on K, and the training part keeps exactly N base + K safety examples."""
+  held = []
+  for k in (0, 60):
+    examples, _ = _build(pools, data_dir, num_base=300 + 20, num_safety=k)
+    train, held_out = mixtures.split_held_out(examples, "alpaca", 20)
+    counts = collections.Counter(e.source for e in train)
+    assert counts["alpaca"] == 300 and counts.get("safety_instructions", 0) == k
+    assert len(held_out) == 20 and {e.source for e in held_out} == {"alpaca"}
+    assert not {_key(e) for e in held_out} & {_key(e) for e in train}
+    held.append([_key(e) for e in held_out])
+  assert held[0] == held[1]

@@ -231,3 +231,24 @@ def build_mixture(cfg: MixtureConfig, data_dir: str | os.PathLike | None = None,
       question_rules=dict(rules.most_common()), hygiene=hygiene_log,
       sha256=mixture_sha256(examples, cfg))
   return examples, report
+
+
+def split_held_out(examples: Sequence[InstructionExample], base_source: str, count: int
+                   ) -> tuple[list[InstructionExample], list[InstructionExample]]:
+  """(training examples, `count` held-out base examples) of a mixture built with `count`
+  extra base examples, so N and K of the training part stay exactly as configured.
+
+  Held-out examples are chosen by a hash of their text, not by position in the shuffled
+  mixture, so with one seed every K holds out the same examples (held-out loss is then
+  comparable across K).
+  """
+  base_name = sources.source_name(base_source)  # a user's file: its stem
+  base = sorted((i for i, e in enumerate(examples) if e.source == base_name),
+                key=lambda i: _text_digest(examples[i]))[:count]
+  held = set(base)
+  return [e for i, e in enumerate(examples) if i not in held], [examples[i] for i in base]
+
+
+def _text_digest(example: InstructionExample) -> str:
+  text = "\x1f".join((example.instruction, example.input, example.output))
+  return hashlib.sha256(text.encode("utf-8")).hexdigest()
