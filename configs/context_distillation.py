@@ -35,6 +35,7 @@ def get_config(preset: str | None = "default") -> ml_collections.ConfigDict:
   c.resume = sections.RESUME  # 'same_run' | 'continue_with_changes' (sections.RESUME)
   c.model = sections.model()
   c.lora = sections.lora(rank=8, alpha=16.0)
+  c.lora.unmerged = True  # adapters beside the frozen weights, as in configs/sft.py
   c.distill = ml_collections.ConfigDict(dict(
       preprompt=DEFAULT_PREPROMPT, reward="", reward_batch_size=8))
   c.sampling = sections.sampling(temperature=0.7)

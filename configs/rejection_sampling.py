@@ -32,6 +32,7 @@ def get_config(preset: str | None = "default") -> ml_collections.ConfigDict:
   c.resume = sections.RESUME  # 'same_run' | 'continue_with_changes' (sections.RESUME)
   c.model = sections.model()
   c.lora = sections.lora(rank=8, alpha=16.0)
+  c.lora.unmerged = True  # adapters beside the frozen weights, as in configs/sft.py
   c.rs = ml_collections.ConfigDict(dict(
       rounds=3, num_samples=4,  # N rounds, K samples per prompt
       reward="runs/reward_helpfulness/reward_model", reward_batch_size=8,

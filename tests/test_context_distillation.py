@@ -11,7 +11,7 @@ import pytest
 
 from alignment.data import tokenize as tok
 from alignment.jobs import context_distillation as cd_job
-from alignment.jobs import rejection_sampling as rs_job
+from alignment.jobs import common
 from alignment.prompts import ALPACA, GEMMA_CHAT
 from alignment.rl import context_distillation as cd
 from configs import context_distillation as cd_config
@@ -72,7 +72,7 @@ def test_targeted_distillation_job_on_a_tiny_model(tmp_path, monkeypatch, data_d
   config.workdir = str(tmp_path / "run")
   config.model.tokenizer = str(tmp_path / "tiny_sp.model")
   seen_inputs: list[str] = []
-  real = rs_job.make_sample_fn
+  real = common.make_sample_fn
 
   def watching(cfg, params, tokenizer, section):
     sample = real(cfg, params, tokenizer, section)
@@ -83,7 +83,7 @@ def test_targeted_distillation_job_on_a_tiny_model(tmp_path, monkeypatch, data_d
 
     return sample_fn
 
-  monkeypatch.setattr(cd_job, "make_sample_fn", watching)
+  monkeypatch.setattr(common, "make_sample_fn", watching)
   scores = {}
 
   def reward(prompts, answers):  # 1st call: answers with the preprompt, 2nd: without

@@ -22,10 +22,10 @@ from alignment import model as M
 from alignment.answers.records import AnswerRecord
 from alignment.checkpoints.loading import load_model
 from alignment.evaluation import stats
-from alignment.jobs import rejection_sampling as rs_job
 from alignment.reward import saved, scorer as reward_scorer
 from alignment.rl import prompts as prompts_lib
 from alignment.rl import rejection_sampling as rs
+from alignment.schema import from_section
 from configs import rejection_sampling as rs_config
 from experiments import llama2_recipe_report as report
 from experiments import llama2_safety_recipe as recipe
@@ -69,11 +69,11 @@ def test_combined_reward_config_errors(data_dir):
   c.rs.reward = "combined"
   c.rs.safety_rm = ""
   with pytest.raises(ValueError, match="rs.safety_rm and rs.helpfulness_rm"):
-    rs_job.make_reward(c.rs, [prompts_lib.RLPrompt("x", "alpaca")])
+    rs.make_reward(from_section(rs.RoundsConfig, c.rs), [prompts_lib.RLPrompt("x", "alpaca")])
   c.rs.safety_rm = c.rs.helpfulness_rm = str(data_dir)
   c.rs.unsafe_sources = "safety_instructionz"
   with pytest.raises(ValueError, match="safety_instructionz"):
-    rs_job.make_reward(c.rs, [prompts_lib.RLPrompt("x", "alpaca")])
+    rs.make_reward(from_section(rs.RoundsConfig, c.rs), [prompts_lib.RLPrompt("x", "alpaca")])
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from alignment.data.records import PreferencePair
+from alignment.jobs import common
 from alignment.jobs import rejection_sampling as rs_job
 from alignment.rl import prompts as prompts_lib
 from alignment.rl import rejection_sampling as rs
@@ -84,13 +85,13 @@ def test_two_rounds_on_a_tiny_model(tmp_path, monkeypatch, data_dir):
   config.workdir = str(tmp_path / "run")
   config.model.tokenizer = str(tmp_path / "tiny_sp.model")
   seen_params = []
-  real = rs_job.make_sample_fn
+  real = common.make_sample_fn
 
   def watching(cfg, params, tokenizer, section):
     seen_params.append(jax.device_get(params))
     return real(cfg, params, tokenizer, section)
 
-  monkeypatch.setattr(rs_job, "make_sample_fn", watching)
+  monkeypatch.setattr(common, "make_sample_fn", watching)
   out = rs_job.run(config)
   assert [r["round"] for r in out["rounds"]] == [0, 1]
   assert int(out["state"].step) == 2 * config.train.steps
@@ -140,3 +141,12 @@ def test_only_one_turn_hh_conversations_give_a_prompt():
   assert prompts_lib.record_prompt(two) is None
   with pytest.raises(ValueError, match="'xs': cannot take a prompt from a str"):
     prompts_lib.record_prompt("text", "xs")
+
+
+def test_rounds_config_refuses_zero_rounds_or_samples_naming_the_key():
+  assert rs.RoundsConfig(use_min_reward=True, min_reward=0.5).reward_floor == 0.5
+  assert rs.RoundsConfig(min_reward=0.5).reward_floor is None
+  with pytest.raises(ValueError, match=r"rs.rounds=0 must be >= 1"):
+    rs.RoundsConfig(rounds=0)
+  with pytest.raises(ValueError, match=r"rs.num_samples=0 must be >= 1"):
+    rs.RoundsConfig(num_samples=0)

@@ -8,7 +8,6 @@ record this small lets any generator (ours, or another codebase's outputs) be ev
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
 from collections.abc import Iterable
 
@@ -110,8 +109,4 @@ def read_answers(path: str | pathlib.Path) -> list[AnswerRecord]:
 def write_answers(path: str | pathlib.Path, records: Iterable[AnswerRecord]) -> pathlib.Path:
   """Write records as JSON lines (UTF-8, one object per line), atomically (an interrupted
   write leaves the previous file); returns the path."""
-  path = pathlib.Path(path)
-  with atomic.writing(path) as f:
-    for record in records:
-      f.write(json.dumps(record.to_json(), ensure_ascii=False) + "\n")
-  return path
+  return atomic.write_jsonl(path, (record.to_json() for record in records))

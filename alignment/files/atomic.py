@@ -21,7 +21,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import IO, Any
 
 # The names `tempfile.mkstemp(prefix=".<name>.", suffix=".tmp")` gives: 8 characters of
@@ -97,6 +97,14 @@ def write_json(path: str | os.PathLike, payload: Any, **dumps: Any) -> pathlib.P
   """json.dumps(payload, **dumps) (indent=2, default=str unless given), atomically."""
   dumps = {"indent": 2, "default": str, **dumps}
   return write_text(path, json.dumps(payload, **dumps))
+
+
+def write_jsonl(path: str | os.PathLike, rows: Iterable[Any]) -> pathlib.Path:
+  """One JSON object a line (non-ASCII kept), written atomically."""
+  with writing(path) as f:
+    for row in rows:
+      f.write(json.dumps(row, ensure_ascii=False) + "\n")
+  return pathlib.Path(path)
 
 
 def remove_stale_temporaries(directory: str | os.PathLike,

@@ -12,12 +12,15 @@ distilled answer is kept only where the RM scores it strictly higher.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import numpy as np
 
+from alignment.answers.records import AnswerRecord
 from alignment.data.records import InstructionExample
+from alignment.evaluation import scorers
 from alignment.prompts.templates import PromptTemplate
 from alignment.rl.generation import SampleFn, generate_in_batches
 
@@ -67,6 +70,18 @@ def targeted_keep(scores_with: np.ndarray, scores_without: np.ndarray) -> np.nda
   return scores_with > scores_without
 
 
+def score_targeted(reward_fn: Callable[[Sequence[str], Sequence[str]], np.ndarray],
+                   samples: DistillationSamples) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+  """(keep mask, {"with", "without": scores}) of a targeted run's samples (`targeted_keep`)."""
+  if samples.without_preprompt is None:
+    raise ValueError("targeted distillation needs answers without the preprompt "
+                     "(generate(..., baseline=True))")
+  scores = {"with": np.asarray(reward_fn(samples.prompts, samples.with_preprompt), np.float64),
+            "without": np.asarray(reward_fn(samples.prompts, samples.without_preprompt),
+                                  np.float64)}
+  return targeted_keep(scores["with"], scores["without"]), scores
+
+
 def training_examples(samples: DistillationSamples, keep: np.ndarray | None = None,
                       source: str = "context_distillation") -> list[InstructionExample]:
   """(prompt without preprompt -> answer given with it), for kept, non-empty answers.
@@ -81,3 +96,30 @@ def training_examples(samples: DistillationSamples, keep: np.ndarray | None = No
   return [InstructionExample(instruction=p, output=a, source=source)
           for p, a, k in zip(samples.prompts, samples.with_preprompt, keep)
           if k and a.strip()]
+
+
+def sample_rows(samples: DistillationSamples, template: PromptTemplate, preprompt: str,
+                keep: np.ndarray | None = None,
+                scores: dict[str, np.ndarray] | None = None) -> list[dict[str, Any]]:
+  """samples.jsonl: what the model read and answered per prompt; targeted runs add the answer
+  without the preprompt, both scores and whether the example was kept."""
+  rows = []
+  for i, p in enumerate(samples.prompts):
+    row = {"prompt": p, "model_input": model_input(p, template, preprompt),
+           "answer": samples.with_preprompt[i]}
+    if keep is not None and scores is not None and samples.without_preprompt is not None:
+      row.update(answer_without=samples.without_preprompt[i], kept=bool(keep[i]),
+                 score_with=float(scores["with"][i]), score_without=float(scores["without"][i]))
+    rows.append(row)
+  return rows
+
+
+def refusal_rate(sample_fn: SampleFn, prompts: Sequence[str], template: PromptTemplate,
+                 batch_size: int) -> float:
+  """Share of (fully or partly) refused answers to `prompts` without any preprompt (greedy
+  `sample_fn`; the string-match refusal scorer)."""
+  answers = generate_in_batches(sample_fn, [model_input(p, template) for p in prompts],
+                                batch_size, jax.random.key(0))
+  records = [AnswerRecord(set="cd", id=str(i), prompt=p, answer=a)
+             for i, (p, a) in enumerate(zip(prompts, answers))]
+  return float(np.mean([s > 0 for s in scorers.refusal_scorer(records)]))

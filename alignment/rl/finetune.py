@@ -37,11 +37,12 @@ class ExampleTrainer:
 
   def __init__(self, trainable: Trainable, config: TrainerConfig, data: ExampleData, mesh,
                template: PromptTemplate, rng: jax.Array,
-               run_config: dict[str, Any] | None = None):
+               run_config: dict[str, Any] | None = None, unmerged: bool = False):
+    """`unmerged`: LoRA as low-rank paths beside the frozen weights (`losses.sft_loss_fn`)."""
     self.data, self.template = data, template
     self.lora, self.tokenizer = trainable.lora, trainable.tokenizer
-    self.trainer = Trainer(trainable, losses.sft_loss_fn(trainable.model_config, trainable.lora),
-                           config, mesh, rng, run_config)
+    loss_fn = losses.sft_loss_fn(trainable.model_config, trainable.lora, unmerged)
+    self.trainer = Trainer(trainable, loss_fn, config, mesh, rng, run_config)
     self._merge = jax.jit(lambda p: lora_lib.decoder_params(p, self.lora))
 
   @property

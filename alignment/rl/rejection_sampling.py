@@ -14,18 +14,68 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import numpy as np
 
+from alignment import schema
 from alignment.answers.records import AnswerRecord
 from alignment.data.records import InstructionExample
 from alignment.evaluation import scorers
 from alignment.reward import combine
-from alignment.rl.generation import SampleFn, generate_in_batches
 from alignment.reward.scorer import text_rewards
+from alignment.rl.generation import SampleFn, generate_in_batches
+from alignment.rl.prompts import RLPrompt
 
 RewardFn = Callable[[Sequence[str], Sequence[str]], np.ndarray]  # (prompts, answers) -> [N]
+
+
+@dataclasses.dataclass(frozen=True)
+class RoundsConfig:
+  """N rounds of best-of-K and the reward that picks the best (a job's `rs` section).
+
+  `reward`: a named reward, a saved reward-model directory, or 'combined' (Llama 2's rule
+  over `safety_rm` and `helpfulness_rm`, prompts from `unsafe_sources` flagged unsafe).
+  """
+
+  rounds: int = 3
+  num_samples: int = 4  # K
+  reward: str = "length"
+  reward_batch_size: int = 8
+  use_min_reward: bool = False
+  min_reward: float = 0.0  # with use_min_reward: prompts whose best reward is below it drop
+  safety_rm: str = ""
+  helpfulness_rm: str = ""
+  unsafe_sources: tuple[str, ...] | str = ()
+  safety_threshold: float = 0.15
+
+  def __post_init__(self):
+    for name in ("rounds", "num_samples"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"rs.{name}={getattr(self, name)} must be >= 1")
+
+  @property
+  def reward_floor(self) -> float | None:
+    return self.min_reward if self.use_min_reward else None
+
+
+def make_reward(cfg: RoundsConfig, prompts: Sequence[RLPrompt]) -> RewardFn:
+  """The reward `cfg.reward` names; for 'combined', checked against the prompts' sources."""
+  if cfg.reward != "combined":
+    return get_reward(cfg.reward, cfg.reward_batch_size)
+  if not (cfg.safety_rm and cfg.helpfulness_rm):
+    raise ValueError("rs.reward='combined' needs rs.safety_rm and rs.helpfulness_rm (saved "
+                     "reward-model directories, <reward workdir>/reward_model)")
+  unsafe_sources = set(schema.names(cfg.unsafe_sources))
+  unknown = unsafe_sources - {p.source for p in prompts}
+  if unknown:
+    raise ValueError(f"rs.unsafe_sources names {sorted(unknown)}, which no prompt came from "
+                     f"(sources: {sorted({p.source for p in prompts})})")
+  return combined_reward(
+      get_reward(cfg.safety_rm, cfg.reward_batch_size),
+      get_reward(cfg.helpfulness_rm, cfg.reward_batch_size),
+      [p.text for p in prompts if p.source in unsafe_sources], cfg.safety_threshold)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +139,13 @@ def training_examples(best: Sequence[Best], min_reward: float | None = None,
   """SFT examples (prompt -> best answer), dropping empty answers and, if set, low rewards."""
   return [InstructionExample(instruction=b.prompt, output=b.answer, source=source)
           for b in best if b.answer.strip() and (min_reward is None or b.reward >= min_reward)]
+
+
+def sample_rows(best: Sequence[Best], candidates: Sequence[Sequence[str]]
+                ) -> list[dict[str, Any]]:
+  """A round's samples.jsonl rows: each prompt's candidates, their rewards and the kept one."""
+  return [{"prompt": b.prompt, "candidates": list(c), "rewards": list(b.rewards),
+           "best": b.index} for b, c in zip(best, candidates)]
 
 
 # ----------------------------------------------------------------------------------------------
