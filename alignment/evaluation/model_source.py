@@ -15,6 +15,7 @@ import jax
 
 from alignment import lora as lora_lib
 from alignment.checkpoints.loading import load_model, require_tokenizer
+from alignment.quantization import quantize_params
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,8 +76,9 @@ def check_adapters(source: ModelSource) -> None:
     raise FileNotFoundError(f"config.adapters: no LoRA adapter file at {source.adapters}")
 
 
-def load_params(source: ModelSource):
-  """(ModelConfig, decoder params with adapters merged, tokenizer)."""
+def load_params(source: ModelSource, quantize: str = ""):
+  """(ModelConfig, decoder params with adapters merged, tokenizer); `quantize` ('int8' |
+  'int4') round-trips the merged weights through that format (a quantized deployment)."""
   cfg, params, tokenizer = load_model(source.model)
   require_tokenizer(tokenizer, source.model)
   if source.adapters:
@@ -85,4 +87,4 @@ def load_params(source: ModelSource):
     except FileNotFoundError as e:
       raise FileNotFoundError(f"config.adapters: {e}") from None
     params = jax.jit(lambda p, a: lora_lib.merge(p, a, lcfg))(params, adapters)
-  return cfg, params, tokenizer
+  return cfg, quantize_params(params, quantize) if quantize else params, tokenizer

@@ -44,11 +44,8 @@ def start(config: ml_collections.ConfigDict, data_fingerprint: dict | None = Non
   run_start.check_counts(plain)
   if "model" in config:
     check_dtype(config.model.get("dtype", "float32"))
-  d = config.distributed
-  distributed.initialize(distributed.DistributedConfig(
-      initialize=d.initialize, coordinator_address=d.coordinator_address or None,
-      num_processes=d.num_processes or None,
-      process_id=None if d.process_id < 0 else d.process_id))
+  distributed.initialize(from_section(distributed.DistributedConfig, config.distributed,
+                                      "config.distributed"))
   mesh = sharding.make_mesh(from_section(sharding.MeshConfig, config.mesh, "config.mesh"))
   workdir = pathlib.Path(config.workdir)
   if distributed.is_primary():
@@ -129,7 +126,7 @@ def example_trainer(config: ml_collections.ConfigDict, trainable: Trainable, mes
   data = from_section(ExampleData, config.data, "config.data",
                       batch_size=config.train.batch_size, seed=config.seed)
   return ExampleTrainer(trainable, trainer_config(config, total_steps), data, mesh, template,
-                        rng, run_config=run_config(config))
+                        rng, run_config=run_config(config), unmerged=config.lora.unmerged)
 
 
 def data_dir(config: ml_collections.ConfigDict) -> str | None:

@@ -37,7 +37,7 @@ from alignment.evaluation.summary import summarize_run
 from alignment.files import atomic
 from alignment.jobs import common
 from alignment.prompts import template_or_none
-from alignment.quantization import check_round_trip, quantize_params
+from alignment.quantization import check_round_trip
 from alignment.reward.scorer import build_scorers, check_scoring
 from alignment.sampling import Sampler, sample_config
 from alignment.training import run_lock
@@ -67,8 +67,7 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   workdir = common.open_workdir(config)
 
   start = time.perf_counter()
-  cfg, params, tokenizer = load_params(source)
-  params = quantize_params(params, config.quantize) if config.quantize else params
+  cfg, params, tokenizer = load_params(source, config.quantize)
   load_seconds = time.perf_counter() - start
   log.info("loaded %s%s%s in %.1f s", source.model.get("checkpoint"),
            f" + {source.adapters}" if source.adapters else "",

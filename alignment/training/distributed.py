@@ -20,13 +20,14 @@ from alignment.sharding import batch_shardings
 
 @dataclasses.dataclass(frozen=True)
 class DistributedConfig:
-  """`initialize=True` joins the process group; on Cloud TPU the other fields are found
-  automatically and may stay None; on GPU clusters / elsewhere set them explicitly."""
+  """`initialize=True` joins the process group (a job's `distributed` section). On Cloud TPU
+  the other fields are found automatically and stay unset ("", 0, -1: typed values a
+  command line can give); on GPU clusters and elsewhere set them explicitly."""
 
   initialize: bool = False
-  coordinator_address: str | None = None  # "host:port" of process 0
-  num_processes: int | None = None
-  process_id: int | None = None
+  coordinator_address: str = ""  # "host:port" of process 0
+  num_processes: int = 0
+  process_id: int = -1
 
 
 def initialize(config: DistributedConfig) -> None:
@@ -34,8 +35,9 @@ def initialize(config: DistributedConfig) -> None:
   computation, and is a no-op for single-process runs."""
   if not config.initialize:
     return
-  jax.distributed.initialize(coordinator_address=config.coordinator_address,
-                             num_processes=config.num_processes, process_id=config.process_id)
+  jax.distributed.initialize(coordinator_address=config.coordinator_address or None,
+                             num_processes=config.num_processes or None,
+                             process_id=None if config.process_id < 0 else config.process_id)
 
 
 def is_primary() -> bool:
@@ -93,4 +95,5 @@ def global_shapes(local_batch: Any) -> Any:
   count = jax.process_count()
   return jax.tree.map(
       lambda x: jax.ShapeDtypeStruct((np.shape(x)[0] * count, *np.shape(x)[1:]),
-                                     np.asarray(x).dtype), local_batch)
+                                     x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype),
+      local_batch)

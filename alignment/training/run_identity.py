@@ -9,7 +9,8 @@ which case they are appended to resume_history.json.
 Keys in `IGNORED_ON_RESUME` may change between runs of one directory: they set how long a
 run goes or how it reports, not what it trains (`train.steps` also stretches the schedule:
 extending a run is the point of resuming it). `mesh` and `distributed` are ignored because a
-checkpoint restores onto any mesh.
+checkpoint restores onto any mesh. `lora.unmerged` only chooses how the same function is
+computed (adapters merged into the weights, or beside them).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ RESUME_CHOICES = ("same_run", "continue_with_changes")
 IGNORED_ON_RESUME = (
     "resume", "workdir", "train.steps", "train.iterations", "train.log_every",
     "train.progress_bar", "checkpoint.every", "checkpoint.keep", "checkpoint.async_save",
-    "eval.every", "mesh.", "distributed.",
+    "eval.every", "mesh.", "distributed.", "lora.unmerged",
 )
 
 # Keys added after runs were written, with the value that means what their absence meant: a
@@ -35,6 +36,7 @@ ADDED_KEYS = {
     "data.columns": "",  # user files' column mapping (#16)
     "data.template": "",  # reward / DPO prompt template ('' = prompts as stored)
     "columns": "",  # evaluate / template_eval
+    "eval.before_after": False,  # sft: answers at step 0 and a before/after table
 }
 
 HISTORY_FILE = "resume_history.json"
