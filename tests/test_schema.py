@@ -10,7 +10,10 @@ import pytest
 from alignment import lora as lora_lib
 from alignment.jobs import common
 from alignment.rl import ppo
-from alignment.schema import from_section, names
+from alignment.sampling import SamplingParams
+from alignment.schema import from_section, names, section
+from alignment.sharding import MeshConfig
+from alignment.training.distributed import DistributedConfig
 from alignment.training.trainer import TrainerConfig
 from configs import ppo as ppo_config
 from configs import sft as sft_config
@@ -72,3 +75,22 @@ def test_a_list_is_a_tuple_or_a_string_on_the_command_line():
          f"--config.lora.targets={value}"], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "('q', 'v')"
+
+
+def test_section_is_written_from_the_dataclass_and_reads_back_to_it():
+  s = section(lora_lib.LoraConfig, dict(enabled=True), rank=4)
+  assert sorted(s) == ["alpha", "dropout", "enabled", "rank", "targets"]
+  assert from_section(lora_lib.LoraConfig, s) == lora_lib.LoraConfig(rank=4)
+  for cls in (MeshConfig, DistributedConfig, SamplingParams, ppo.PPOConfig):
+    assert from_section(cls, section(cls)) == cls()
+  # The shared sections of the configs are these sections: keys typed as the fields.
+  config = sft_config.get_config("tiny")
+  assert from_section(DistributedConfig, config.distributed) == DistributedConfig()
+  with pytest.raises(TypeError):  # ml_collections keeps the field's type
+    config.mesh.data = "two"
+  with pytest.raises(TypeError, match="MeshConfig has no field.*'dp'"):
+    section(MeshConfig, dp=2)
+  with pytest.raises(TypeError, match="extra key.*'rank'.*give them as values"):
+    section(lora_lib.LoraConfig, dict(rank=2))
+  with pytest.raises(TypeError, match="TrainerConfig.steps has no default"):
+    section(TrainerConfig)

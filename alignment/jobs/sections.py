@@ -1,12 +1,18 @@
 """Config sections shared by the job configs in `configs/`, so each config file stays short.
 
 Each function returns a fresh `ml_collections.ConfigDict`; a config file assembles the ones
-its job needs and sets its own defaults on top.
+its job needs and sets its own defaults on top. Sections that a library dataclass reads are
+written from it (`schema.section`), so their keys and defaults are the dataclass's.
 """
 
 from __future__ import annotations
 
 import ml_collections
+
+from alignment import lora as lora_lib
+from alignment import schema, sharding
+from alignment.sampling import SamplingParams
+from alignment.training.distributed import DistributedConfig
 
 # `config.resume`: 'same_run' refuses to resume a workdir whose saved config or data differ;
 # 'continue_with_changes' resumes and records the changes (alignment/training/run_identity.py).
@@ -25,9 +31,9 @@ def model(checkpoint: str = "embedded", preset: str = "gemma3_270m",
 
 def lora(enabled: bool = True, rank: int = 8, alpha: float = 16.0,
          dropout: float = 0.0) -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(
-      enabled=enabled, rank=rank, alpha=alpha, dropout=dropout,
-      targets=("q", "k", "v", "o", "gate", "up", "down")))  # `--config.lora.targets=q,v` works
+  """`LoraConfig`'s fields (`--config.lora.targets=q,v` works) and `enabled`."""
+  return schema.section(lora_lib.LoraConfig, dict(enabled=enabled), rank=rank, alpha=alpha,
+                        dropout=dropout)
 
 
 def train(steps: int = 1000, batch_size: int = 16, learning_rate: float = 2e-4,
@@ -39,9 +45,10 @@ def train(steps: int = 1000, batch_size: int = 16, learning_rate: float = 2e-4,
 
 
 def sampling(temperature: float) -> ml_collections.ConfigDict:
-  """How a job that trains on its own samples (rejection sampling, distillation) draws them."""
-  return ml_collections.ConfigDict(dict(
-      temperature=temperature, top_k=0, top_p=0.95, max_new_tokens=128, batch_size=16))
+  """How a job that trains on its own samples (rejection sampling, distillation) draws them:
+  `SamplingParams`' fields, and how many tokens and prompts at a time."""
+  return schema.section(SamplingParams, dict(max_new_tokens=128, batch_size=16),
+                        temperature=temperature, top_p=0.95)
 
 
 def prompt_data(prompt_source: str) -> ml_collections.ConfigDict:
@@ -54,7 +61,7 @@ def prompt_data(prompt_source: str) -> ml_collections.ConfigDict:
 
 def mesh(data: int = -1, fsdp: int = 1, tensor: int = 1) -> ml_collections.ConfigDict:
   """Parallelism degrees over all devices of all hosts; one may be -1 (the rest)."""
-  return ml_collections.ConfigDict(dict(data=data, fsdp=fsdp, tensor=tensor))
+  return schema.section(sharding.MeshConfig, data=data, fsdp=fsdp, tensor=tensor)
 
 
 def checkpoint(every: int = 200, keep: int = 2) -> ml_collections.ConfigDict:
@@ -62,6 +69,5 @@ def checkpoint(every: int = 200, keep: int = 2) -> ml_collections.ConfigDict:
 
 
 def distributed() -> ml_collections.ConfigDict:
-  """Multi-host: on Cloud TPU only `initialize=True` is needed."""
-  return ml_collections.ConfigDict(dict(
-      initialize=False, coordinator_address="", num_processes=0, process_id=-1))
+  """Multi-host (`DistributedConfig`): on Cloud TPU only `initialize=True` is needed."""
+  return schema.section(DistributedConfig)

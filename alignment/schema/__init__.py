@@ -4,7 +4,8 @@ The library's frozen dataclasses are the schema: `from_section(cls, section)` ta
 field of `cls` that the section has, by name, so a section needs no field-by-field
 translation and a renamed field fails loudly (a required field the section lacks is an error
 naming it). Lists may be given as tuples (`--config.lora.targets="('q','v')"`) or as
-comma-separated strings (`--config.lora.targets=q,v`); `names` reads both.
+comma-separated strings (`--config.lora.targets=q,v`); `names` reads both. `section(cls)`
+goes the other way: a config section written from the dataclass's fields and defaults.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
+
+import ml_collections
 
 T = TypeVar("T")
 
@@ -51,3 +54,32 @@ def from_section(cls: type[T], section: Mapping[str, Any], name: str = "", **giv
     return cls(**kwargs)
   except TypeError as e:  # a required field missing from the section
     raise ValueError(f"{name or cls.__name__}: {e}") from None
+
+
+def section(cls: type, extra: Mapping[str, Any] | None = None, **values: Any
+            ) -> ml_collections.ConfigDict:
+  """The config section of dataclass `cls`: every init field under its own name, with its
+  default unless `values` gives it, then the job-only keys of `extra`. Written this way, a
+  section and the dataclass that `from_section` builds from it share one set of names and
+  defaults (a field added to the library appears in every config, typed)."""
+  fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+  unknown = set(values) - set(fields)
+  if unknown:
+    raise TypeError(f"{cls.__name__} has no field(s) {sorted(unknown)}")
+  clash = set(extra or {}) & set(fields)
+  if clash:
+    raise TypeError(f"extra key(s) {sorted(clash)} are fields of {cls.__name__}: give them "
+                    "as values")
+  out = {}
+  for name, field in fields.items():
+    if name in values:
+      out[name] = values[name]
+    elif field.default is not dataclasses.MISSING:
+      out[name] = field.default
+    elif field.default_factory is not dataclasses.MISSING:
+      out[name] = field.default_factory()
+    else:
+      raise TypeError(f"{cls.__name__}.{name} has no default: give it as a value")
+    if dataclasses.is_dataclass(out[name]):
+      raise TypeError(f"{cls.__name__}.{name} is a dataclass; write it as its own section")
+  return ml_collections.ConfigDict({**out, **(extra or {})})
