@@ -26,7 +26,7 @@ from alignment.rl import kl as kl_lib
 from alignment.rl import ppo
 from alignment.rl import prompts as prompts_lib
 from alignment.rl.ppo_trainer import PPOTrainer, RolloutConfig, add_critic, check_single_host
-from alignment.rl.rewards import make_reward
+from alignment.rl.rewards import RewardSpec, make_reward
 from alignment.sampling import sample_config
 from alignment.schema import from_section
 from alignment.training import distributed, run_lock
@@ -64,9 +64,11 @@ def build(config: ml_collections.ConfigDict, mesh):
   if trainable.lora is None:  # full fine-tuning: the reference is a frozen copy
     reference_params = jax.tree.map(jnp.copy, trainable.params["base"])
   rollout = rollout_config(config)
+  reward = make_reward(from_section(RewardSpec, config.reward, "config.reward"),
+                       trainable.tokenizer)
   trainer = PPOTrainer(trainable, ppo_config(config), rollout, trainer_config(config, rollout),
-                       mesh, state_rng, make_reward(config.reward, trainable.tokenizer),
-                       reference_params, run_config=common.run_config(config))
+                       mesh, state_rng, reward, reference_params,
+                       run_config=common.run_config(config))
   loaded = prompts_lib.load_prompts(config.prompts.sources, common.data_dir(config),
                                     config.seed, per_source=config.prompts.per_source)
   tokenized = prompts_lib.tokenize_prompts(

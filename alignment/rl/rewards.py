@@ -89,13 +89,27 @@ class CombinedReward:
 REWARD_KINDS = ("token_fraction", "reward_model", "combined")
 
 
-def make_reward(section, tokenizer) -> RewardFunction:
-  """The reward named by a config section (see configs/ppo.py `reward`)."""
-  kind = section.kind
+@dataclasses.dataclass(frozen=True)
+class RewardSpec:
+  """Which reward PPO maximises (a job's `reward` section; see configs/ppo.py)."""
+
+  kind: str = "combined"  # one of REWARD_KINDS
+  safety_dir: str = ""  # combined: saved RM directories
+  helpfulness_dir: str = ""
+  model_dir: str = ""  # reward_model
+  safety_threshold: float = 0.15  # combined: Llama 2's rule
+  unsafe_sources: tuple[str, ...] | str = ("hh_harmless",)
+  token: str = ""  # token_fraction: pieces or ids, space-separated
+  batch_size: int = 8
+
+
+def make_reward(spec: RewardSpec, tokenizer) -> RewardFunction:
+  """The reward `spec` names, checked (a missing directory or piece names the key)."""
+  kind = spec.kind
   if kind == "token_fraction":
     # One piece or id, or several separated by spaces (pieces never hold a space: "▁" is).
     ids = []
-    for token in str(section.token).split() or [""]:
+    for token in str(spec.token).split() or [""]:
       if token.lstrip("-").isdigit():
         ids.append(int(token))
       elif tokenizer is None:
@@ -104,14 +118,14 @@ def make_reward(section, tokenizer) -> RewardFunction:
         ids.append(tokenizer.token_id(token))
     return TokenFractionReward(ids[0], tuple(ids[1:]))
   if kind == "reward_model":
-    if not section.model_dir:
+    if not spec.model_dir:
       raise ValueError("reward.kind='reward_model' needs reward.model_dir (a saved RM directory)")
-    return RewardModelReward(section.model_dir, section.batch_size)
+    return RewardModelReward(spec.model_dir, spec.batch_size)
   if kind == "combined":
-    if not (section.safety_dir and section.helpfulness_dir):
+    if not (spec.safety_dir and spec.helpfulness_dir):
       raise ValueError("reward.kind='combined' needs reward.safety_dir and "
                        "reward.helpfulness_dir (saved RM directories)")
-    unsafe = schema.names(section.unsafe_sources)
-    return CombinedReward(section.safety_dir, section.helpfulness_dir, section.safety_threshold,
-                          unsafe, section.batch_size)
+    unsafe = schema.names(spec.unsafe_sources)
+    return CombinedReward(spec.safety_dir, spec.helpfulness_dir, spec.safety_threshold,
+                          unsafe, spec.batch_size)
   raise ValueError(f"unknown reward.kind {kind!r}; known: {', '.join(REWARD_KINDS)}")
