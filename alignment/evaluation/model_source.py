@@ -25,6 +25,13 @@ class ModelSource:
   model: dict[str, Any]
   adapters: str
   run_config: dict[str, Any] | None  # the SFT run's config.json, when run_dir is set
+  run_dir: str = ""
+
+  def describe(self, quantize: str = "") -> str:
+    """The run directory (or checkpoint), the adapters and the quantization, for titles."""
+    return (f"{self.run_dir or self.model.get('checkpoint')}"
+            + (f" + {self.adapters}" if self.adapters else "")
+            + (f" ({quantize})" if quantize else ""))
 
 
 def resolve_model(model: Mapping[str, Any], adapters: str = "", run_dir: str = ""
@@ -59,7 +66,7 @@ def resolve_model(model: Mapping[str, Any], adapters: str = "", run_dir: str = "
       raise FileNotFoundError(f"config.run_dir: {run_dir} has neither adapters.npz (LoRA run) "
                               "nor merged_hf/ (full fine-tuning with export_merged=True); has "
                               "the run finished?")
-  return ModelSource(model, adapters, run_config)
+  return ModelSource(model, adapters, run_config, str(run_dir))
 
 
 def template_name(configured: str, source: ModelSource) -> str:

@@ -69,9 +69,7 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   start = time.perf_counter()
   cfg, params, tokenizer = load_params(source, config.quantize)
   load_seconds = time.perf_counter() - start
-  log.info("loaded %s%s%s in %.1f s", source.model.get("checkpoint"),
-           f" + {source.adapters}" if source.adapters else "",
-           f", {config.quantize} round trip" if config.quantize else "", load_seconds)
+  log.info("loaded %s in %.1f s", source.describe(config.quantize), load_seconds)
   draw = dict(max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
               sampling=sampling)
   records, stats = generation.generate_answers(
@@ -94,10 +92,8 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   # The same cut either way: -r > 0 iff 1 - sigmoid(r) > 0.5.
   threshold = HARM_THRESHOLD if config.scoring.harmfulness_kind == "probability" else 0.0
   attack_summary = summarize_attacks(records, threshold)
-  title = (f"Evaluation of {config.run_dir or source.model.get('checkpoint')}"
-           + (f" + {source.adapters}" if source.adapters else "")
-           + (f" ({config.quantize})" if config.quantize else ""))
-  paths = report.write_run_report(workdir, summary, title=title, attacks=attack_summary)
+  paths = report.write_run_report(workdir, summary, attacks=attack_summary,
+                                  title=f"Evaluation of {source.describe(config.quantize)}")
   result = {
       "answers": str(answers_path), "report": {k: str(v) for k, v in paths.items()},
       "sets": {name: summary.sets[name].n for name in set_names if name in summary.sets},
