@@ -11,7 +11,7 @@ from alignment import lora as lora_lib
 from alignment.answers import records
 from alignment.checkpoints.loading import load_model
 from alignment.data import sources
-from alignment.evaluation import generation, scorers
+from alignment.evaluation import generation, model_source, scorers
 from alignment.judges import refusal
 from alignment.evaluation.model_source import resolve_model
 from alignment.jobs import evaluate
@@ -285,7 +285,7 @@ def test_quantize_round_trips_the_merged_weights(tmp_path, tokenizer_path, sft_r
     calls.append((tree, scheme))
     return jax.tree.map(lambda x: jnp.round(x * 4) / 4, tree)  # a coarse grid, same structure
 
-  monkeypatch.setattr(evaluate, "quantize_params", fake_quantize)
+  monkeypatch.setattr(model_source, "quantize_params", fake_quantize)
   config = tiny_config(tmp_path, tokenizer_path, run_dir=str(run_dir), quantize="int8",
                        sets="malicious_instructions")
   out = evaluate.run(config)
