@@ -39,7 +39,7 @@ def get_config(preset: str | None = "default") -> ml_collections.ConfigDict:
   c.distill = ml_collections.ConfigDict(dict(
       preprompt=DEFAULT_PREPROMPT, reward="", reward_batch_size=8))
   c.sampling = sections.sampling(temperature=0.7)
-  c.data = sections.prompt_data("safety_instructions,hh_harmless")
+  c.data = sections.prompt_data(("safety_instructions", "hh_harmless"))
   c.train = sections.train(steps=200, batch_size=16, learning_rate=1e-4, warmup_steps=10)
   c.eval = ml_collections.ConfigDict(dict(num_prompts=64))  # held out; 0 = no refusal eval
   c.checkpoint = sections.checkpoint(every=100, keep=1)
@@ -51,7 +51,7 @@ def get_config(preset: str | None = "default") -> ml_collections.ConfigDict:
   elif preset == "demo_270m":
     c.workdir = "runs/context_distillation_demo"
     c.sampling.update(max_new_tokens=32, batch_size=16)
-    c.data.update(prompt_source="safety_instructions", num_prompts=16, max_length=192)
+    c.data.update(prompt_source=("safety_instructions",), num_prompts=16, max_length=192)
     c.train.update(steps=8, batch_size=4, learning_rate=1e-3, warmup_steps=1, log_every=2)
     c.eval.num_prompts = 8
     c.checkpoint.every = 8
@@ -61,7 +61,7 @@ def get_config(preset: str | None = "default") -> ml_collections.ConfigDict:
     c.model.tokenizer = "tiny"  # the built-in 600-piece SentencePiece model
     c.distill.preprompt = "Be safe."
     c.sampling.update(temperature=1.0, max_new_tokens=8, batch_size=8)
-    c.data.update(prompt_source="safety_instructions", num_prompts=8, max_length=128,
+    c.data.update(prompt_source=("safety_instructions",), num_prompts=8, max_length=128,
                   packing=False)
     c.train.update(steps=2, batch_size=4, learning_rate=3e-3, warmup_steps=1, log_every=1,
                    progress_bar=False)

@@ -32,8 +32,8 @@ def get_config(preset: str | None = "default") -> ml_collections.ConfigDict:
   c.lora.last_layers = 0  # adapters on the top N layers only (0 = all)
   c.dpo = ml_collections.ConfigDict(dict(beta=0.1, loss_type="sigmoid", label_smoothing=0.0))
   c.data = ml_collections.ConfigDict(dict(
-      # comma-separated preference sources or files, or 'synthetic'
-      source="hh_harmless,hh_helpful",
+      # preference sources or files, or ('synthetic',) (`a,b` on a command line)
+      source=("hh_harmless", "hh_helpful"),
       # A file holds prompt/chosen/rejected[/margin] rows (alignment/data/user_files.py);
       # `columns` renames its columns first ("question:prompt,good:chosen,bad:rejected").
       columns="",
@@ -42,7 +42,7 @@ def get_config(preset: str | None = "default") -> ml_collections.ConfigDict:
       template="",
       validation_fraction=0.1, max_length=256,
       max_pairs=0, max_validation_pairs=512,  # 0 = all
-      synthetic_pairs=0))  # pairs generated for source='synthetic'
+      synthetic_pairs=0))  # pairs generated for source=('synthetic',)
   c.train = sections.train(steps=1000, batch_size=16, learning_rate=5e-5, warmup_steps=50)
   c.eval = ml_collections.ConfigDict(dict(every=200, batch_size=16, at_start=True))
   c.checkpoint = sections.checkpoint(every=200, keep=2)
@@ -61,7 +61,7 @@ def get_config(preset: str | None = "default") -> ml_collections.ConfigDict:
   elif preset == "tiny":
     c.workdir = "runs/dpo_tiny"
     c.model = sections.model(checkpoint="random", preset="tiny_gemma1")
-    c.data.update(source="synthetic", synthetic_pairs=192, max_length=24,
+    c.data.update(source=("synthetic",), synthetic_pairs=192, max_length=24,
                   validation_fraction=0.25, max_validation_pairs=0)
     c.dpo.beta = 0.5
     # 3e-2: with the small default embedding init (model/layers.py) 1e-2 reached val loss

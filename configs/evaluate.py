@@ -28,7 +28,7 @@ import ml_collections
 from alignment.data.sources import EVAL_SOURCES, PAPER_EVAL_SOURCES
 from alignment.jobs import sections
 
-DEFAULT_SETS = ",".join((*PAPER_EVAL_SOURCES, "xstest"))
+DEFAULT_SETS = (*PAPER_EVAL_SOURCES, "xstest")
 
 
 def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
@@ -40,9 +40,11 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   c.model = sections.model()  # checkpoint='embedded', preset='gemma3_270m', dtype='float32'
   c.adapters = ""  # a LoRA adapters .npz applied on top of `model` ('' = none)
   c.run_dir = ""  # an SFT run directory: its config.json's model + its adapters.npz
-  # Comma-separated evaluation source names and/or files of your own (.csv/.jsonl/.json/
-  # .parquet with a prompt column, optional label safe|unsafe, category, id), each reported
-  # under its stem; `columns` renames a file's columns first, e.g. "goal:prompt".
+  # Evaluation source names and/or files of your own (.csv/.jsonl/.json/.parquet with a
+  # prompt column, optional label safe|unsafe, category, id), each reported under its stem;
+  # `columns` renames a file's columns first, e.g. "goal:prompt". A tuple of names; a command
+  # line may give `--config.sets=xstest,q_harm` (with an absolute path among them, the tuple:
+  # `--config.sets="('xstest', '/path/probes.csv')"`).
   c.sets = DEFAULT_SETS
   c.columns = ""
   c.max_prompts_per_set = 0  # 0 = all; otherwise N of each set (the first N, or see sample_seed)
@@ -55,13 +57,14 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   c.temperature = 0.0  # 0: greedy
   c.top_k = 0
   c.top_p = 1.0
-  # Red-teaming: comma-separated vectors of alignment.evaluation.attacks ('' = none, 'all' =
-  # every one): role_play, authority, false_premise, hypothetical, misspelling, leetspeak,
-  # prefix_injection.
-  c.attacks = ""
+  # Red-teaming: vectors of alignment.evaluation.attacks (() = none, ("all",) = every one):
+  # role_play, authority, false_premise, hypothetical, misspelling, leetspeak,
+  # prefix_injection. A command line may give `--config.attacks=role_play,leetspeak`.
+  c.attacks = ()
   # Which sets' unsafe-labelled prompts are attacked: 'unsafe' = every evaluated set (the
-  # paper's unsafe sets and XSTest's unsafe prompts), or comma-separated names from `sets`.
-  c.attack_sets = "unsafe"
+  # paper's unsafe sets and XSTest's unsafe prompts), or names from `sets` (`a,b` on a command
+  # line).
+  c.attack_sets = ("unsafe",)
   c.quantize = ""  # '' | 'int8' | 'int4': weight round trip after loading (adapters merged)
   c.scoring = ml_collections.ConfigDict(dict(
       harmfulness_rm="",  # saved safety reward model dir ('' = no harmfulness score)

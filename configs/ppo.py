@@ -32,7 +32,7 @@ def get_config(preset: str | None = "default") -> ml_collections.ConfigDict:
   c.model = sections.model()
   c.lora = sections.lora(rank=8, alpha=16.0)  # policy and critic adapters
   c.prompts = ml_collections.ConfigDict(dict(
-      sources="alpaca,hh_harmless",  # comma-separated data sources
+      sources=("alpaca", "hh_harmless"),  # data sources (`a,b` on a command line)
       per_source=2000,  # seeded random subset of each (0 = all)
       template="alpaca"))
   c.rollout = ml_collections.ConfigDict(dict(
@@ -46,7 +46,7 @@ def get_config(preset: str | None = "default") -> ml_collections.ConfigDict:
       safety_dir="runs/reward_safety/reward_model",
       helpfulness_dir="runs/reward_helpfulness/reward_model",
       model_dir="",  # for kind='reward_model'
-      safety_threshold=0.15, unsafe_sources="hh_harmless",  # Llama 2's combination rule
+      safety_threshold=0.15, unsafe_sources=("hh_harmless",),  # Llama 2's combination rule
       token="",  # for kind='token_fraction': a vocabulary piece or an id (or several, spaced)
       batch_size=8))
   c.ppo = ml_collections.ConfigDict(dict(
@@ -69,7 +69,7 @@ def get_config(preset: str | None = "default") -> ml_collections.ConfigDict:
   elif preset == "demo_270m":
     c.workdir = "runs/ppo_demo"
     c.lora.rank = 4
-    c.prompts.update(sources="alpaca", per_source=128)
+    c.prompts.update(sources=("alpaca",), per_source=128)
     # Prompts up to 48 tokens all pad to one length bucket: one compilation, not one per bucket.
     c.rollout.update(prompts_per_iteration=8, max_new_tokens=16, max_prompt_length=48)
     c.reward.update(kind="token_fraction", token=".")
@@ -83,7 +83,7 @@ def get_config(preset: str | None = "default") -> ml_collections.ConfigDict:
     c.model = sections.model(checkpoint="random", preset="tiny_gemma3")
     c.model.tokenizer = "tiny"  # the built-in 600-piece SentencePiece model
     c.lora.rank = 4
-    c.prompts.update(sources="seed_tasks", per_source=64)
+    c.prompts.update(sources=("seed_tasks",), per_source=64)
     c.rollout.update(prompts_per_iteration=8, samples_per_prompt=2, max_new_tokens=8,
                      max_prompt_length=96)
     # Eight single-letter pieces: a random model samples one about every 75 tokens, so the

@@ -41,9 +41,9 @@ def get_config(preset: str | None = "default") -> ml_collections.ConfigDict:
       # (or with a safety sigmoid below the threshold) are judged by the safety RM.
       safety_rm="runs/reward_safety/reward_model",
       helpfulness_rm="runs/reward_helpfulness/reward_model",
-      unsafe_sources="safety_instructions", safety_threshold=0.15))
+      unsafe_sources=("safety_instructions",), safety_threshold=0.15))
   c.sampling = sections.sampling(temperature=1.0)
-  c.data = sections.prompt_data("alpaca,safety_instructions")
+  c.data = sections.prompt_data(("alpaca", "safety_instructions"))
   c.train = sections.train(steps=100, batch_size=16, learning_rate=1e-4, warmup_steps=10)
   c.checkpoint = sections.checkpoint(every=100, keep=1)
   c.mesh = sections.mesh()
@@ -55,7 +55,7 @@ def get_config(preset: str | None = "default") -> ml_collections.ConfigDict:
     c.workdir = "runs/rejection_sampling_demo"
     c.rs.update(rounds=2, reward="refusal")
     c.sampling.update(max_new_tokens=32, batch_size=16)
-    c.data.update(prompt_source="safety_instructions", num_prompts=8, max_length=128)
+    c.data.update(prompt_source=("safety_instructions",), num_prompts=8, max_length=128)
     c.train.update(steps=4, batch_size=4, learning_rate=1e-3, warmup_steps=1, log_every=2)
     c.checkpoint.every = 4
   elif preset == "tiny":
@@ -64,7 +64,7 @@ def get_config(preset: str | None = "default") -> ml_collections.ConfigDict:
     c.model.tokenizer = "tiny"  # the built-in 600-piece SentencePiece model
     c.rs.update(rounds=2, num_samples=3, reward="length")
     c.sampling.update(temperature=1.0, max_new_tokens=8, batch_size=24)  # one call per round
-    c.data.update(prompt_source="safety_instructions", num_prompts=8, max_length=128,
+    c.data.update(prompt_source=("safety_instructions",), num_prompts=8, max_length=128,
                   packing=False)
     c.train.update(steps=2, batch_size=4, learning_rate=3e-3, warmup_steps=1, log_every=1,
                    progress_bar=False)

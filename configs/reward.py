@@ -32,7 +32,9 @@ def get_config(preset: str | None = "safety") -> ml_collections.ConfigDict:
   c.lora = sections.lora(rank=8, alpha=16.0)
   c.lora.last_layers = 2  # adapters on the top N layers only (0 = all); see reward/model.py
   c.data = ml_collections.ConfigDict(dict(
-      source="hh_harmless",  # 'hh_harmless' | 'hh_helpful' | 'synthetic' (tests) | a file
+      # Preference sources: 'hh_harmless' | 'hh_helpful' | 'synthetic' (tests) | files; a
+      # tuple of names (`a,b` on a command line).
+      source=("hh_harmless",),
       # A file holds prompt/chosen/rejected[/margin] rows (alignment/data/user_files.py);
       # `columns` renames its columns first ("question:prompt,good:chosen,bad:rejected").
       columns="",
@@ -41,7 +43,7 @@ def get_config(preset: str | None = "safety") -> ml_collections.ConfigDict:
       template="",
       validation_fraction=0.2, max_length=128,
       max_pairs=0, max_validation_pairs=0,  # 0 = all
-      synthetic_pairs=0))  # pairs generated for source='synthetic'
+      synthetic_pairs=0))  # pairs generated for source=('synthetic',)
   c.train = sections.train(steps=1000, batch_size=16, learning_rate=1e-4, warmup_steps=20)
   c.train.eval_batch_size = 16
   c.loss = ml_collections.ConfigDict(dict(
@@ -49,7 +51,7 @@ def get_config(preset: str | None = "safety") -> ml_collections.ConfigDict:
       centering=0.0))  # coefficient of (r_c + r_r)^2 (Eisenstein et al. 2023); 0 = off
   # Llama 2's combined reward (used by RL jobs that load both RMs).
   c.combine = ml_collections.ConfigDict(dict(
-      safety_threshold=0.15, unsafe_sources="safety_instructions", whiten=True))
+      safety_threshold=0.15, unsafe_sources=("safety_instructions",), whiten=True))
   c.checkpoint = sections.checkpoint(every=200, keep=2)
   c.mesh = sections.mesh()
   c.distributed = sections.distributed()
@@ -57,7 +59,7 @@ def get_config(preset: str | None = "safety") -> ml_collections.ConfigDict:
   if preset in (None, "safety", "helpfulness"):
     if preset == "helpfulness":
       c.workdir = "runs/reward_helpfulness"
-      c.data.source = "hh_helpful"
+      c.data.source = ("hh_helpful",)
     c.data.update(max_pairs=512, max_validation_pairs=256)
     c.train.update(steps=64, batch_size=8, learning_rate=2e-3, warmup_steps=4, log_every=8)
     c.checkpoint.every = 32
@@ -72,7 +74,7 @@ def get_config(preset: str | None = "safety") -> ml_collections.ConfigDict:
     c.workdir = "runs/reward_tiny"
     c.model = sections.model(checkpoint="random", preset="tiny_gemma1")
     c.lora.enabled = False
-    c.data.update(source="synthetic", synthetic_pairs=320, max_length=24,
+    c.data.update(source=("synthetic",), synthetic_pairs=320, max_length=24,
                   validation_fraction=0.25)
     c.train.update(steps=30, batch_size=16, learning_rate=3e-3, warmup_steps=3,
                    log_every=10, progress_bar=False)

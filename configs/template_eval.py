@@ -41,7 +41,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   c.template = "by_tag"  # the template under test
   c.baseline = "plain_chat"  # what "without it" means: the same turns, nothing added
   c.route_by = "tag"  # dynamic templates: 'tag' (the prompt's tags) | 'label' (oracle)
-  c.sets = ",".join((*PAPER_EVAL_SOURCES, "xstest"))  # names and/or files, as evaluate's
+  c.sets = (*PAPER_EVAL_SOURCES, "xstest")  # names and/or files, as evaluate's
   c.columns = ""  # a file's column renames, e.g. "goal:prompt" (configs/evaluate.py)
   c.max_prompts_per_set = 0  # 0 = all
   c.max_new_tokens = 128
@@ -54,7 +54,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   if preset is None:
     pass
   elif preset in ("quick", "tiny"):
-    c.sets = "malicious_instructions,physical_safety_safe"
+    c.sets = ("malicious_instructions", "physical_safety_safe")
     c.workdir = f"runs/template_eval_{preset}"
     c.max_prompts_per_set = 3 if preset == "quick" else 2
     c.max_new_tokens = 24 if preset == "quick" else 4

@@ -34,6 +34,7 @@ from typing import Any
 
 import ml_collections
 
+from alignment import schema
 from alignment.answers.records import ANSWERS_FILE, AnswerRecord, read_answers
 from alignment.data import sources
 from alignment.evaluation import model_source
@@ -69,7 +70,7 @@ class Settings:
   num_harmful: int  # harmful-compliance examples (the "small number")
   learning_rate: float  # of the continuations (constant)
   batch_size: int
-  sets: str  # evaluation sets (need unsafe prompts and XSTest for the two rates)
+  sets: tuple[str, ...]  # evaluation sets (need unsafe prompts and XSTest for the two rates)
   max_prompts_per_set: int
   max_new_tokens: int
   eval_batch_size: int
@@ -78,20 +79,20 @@ class Settings:
   start_run: str = ""  # an existing safety-tuned SFT run directory instead of training one
   data_dir: str = ""
   tokenizer: str = ""  # model.tokenizer of the start run (tests: a tiny SentencePiece model)
-  attacks: str = ""  # the evaluate job's red-teaming vectors ('' none, 'all')
+  attacks: tuple[str, ...] = ()  # the evaluate job's red-teaming vectors (() none, ('all',))
   harmfulness_rm: str = ""
   helpfulness_rm: str = ""
   seed: int = 0
 
 
-_EVAL_SETS = "malicious_instructions,physical_safety_unsafe,q_harm,xstest"
+_EVAL_SETS = ("malicious_instructions", "physical_safety_unsafe", "q_harm", "xstest")
 
 PRESETS: dict[str, Settings] = {
     # Random tiny Gemma 3 (tests set `tokenizer`): seconds per job.
     "tiny": Settings(sft_preset="tiny", eval_preset="tiny", start_base=16, start_safety=16,
                      start_steps=2, benign_steps=(1, 2), harmful_steps=(1, 2), num_benign=16,
                      num_harmful=8, learning_rate=1e-3, batch_size=2,
-                     sets="malicious_instructions,xstest", max_prompts_per_set=2,
+                     sets=("malicious_instructions", "xstest"), max_prompts_per_set=2,
                      max_new_tokens=3, eval_batch_size=4, base_source="seed_tasks"),
     # The embedded 270M on a 2-core CPU (~20 min): a smoke run of every step, not a result.
     "cpu": Settings(sft_preset="demo", eval_preset="quick", start_base=100, start_safety=100,
@@ -396,7 +397,8 @@ def settings_from_flags(f) -> Settings:
   if f.preset not in PRESETS:
     raise ValueError(f"--preset: unknown preset {f.preset!r}; known: {', '.join(PRESETS)}")
   overrides: dict[str, Any] = dict(
-      start_run=f.start_run, data_dir=f.data_dir, tokenizer=f.tokenizer, attacks=f.attacks,
+      start_run=f.start_run, data_dir=f.data_dir, tokenizer=f.tokenizer,
+      attacks=schema.names(f.attacks),
       harmfulness_rm=f.harmfulness_rm, helpfulness_rm=f.helpfulness_rm, seed=f.seed)
   for field in ("benign_steps", "harmful_steps"):
     value = getattr(f, field)

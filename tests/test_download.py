@@ -118,7 +118,7 @@ def test_fresh_machine_job_downloads_its_files_and_runs(server, tmp_path, monkey
   config.workdir = str(tmp_path / "run")
   caplog.set_level(logging.INFO)
   main.run_job(config)
-  names = [n.strip() for n in config.sets.split(",")]
+  names = list(config.sets)
   for name in names:
     source = sources.get_source(name)
     path = cache / source.path

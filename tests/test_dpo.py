@@ -152,7 +152,7 @@ def test_dpo_config_errors():
     dpo.DPOConfig(beta=0.0)
   with pytest.raises(ValueError, match="not preference sources"):
     config = dpo_config.get_config("tiny")
-    config.data.source = "alpaca"
+    config.data.source = ("alpaca",)
     reward_data.build_pairs(config, None, 512)
   with pytest.raises(ValueError, match="unknown dpo preset"):
     dpo_config.get_config("huge")

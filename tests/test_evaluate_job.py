@@ -37,7 +37,7 @@ def tiny_config(tmp_path, tokenizer_path, **overrides):
   # Gemma 1 (no post-norms): a random tiny Gemma 3 only echoes the prompt's last token, whatever
   # its weights, while adapters can steer a Gemma 1's residual stream and so its answers.
   config.model.preset = "tiny_gemma1"
-  config.sets = ",".join(SETS)
+  config.sets = SETS
   config.max_prompts_per_set = 3
   config.batch_size = 2  # several batches, so the length sort reorders prompts
   config.update(overrides)
@@ -97,7 +97,7 @@ def test_evaluate_writes_one_scored_record_per_prompt(tmp_path, tokenizer_path, 
 
   # The same prompts without the adapters: the base model answers differently.
   base = evaluate.run(tiny_config(tmp_path / "base", tokenizer_path,
-                                  sets="malicious_instructions"))
+                                  sets=("malicious_instructions",)))
   base_answers = [r.answer for r in base["records"]]
   assert base_answers == Sampler(cfg, params, tokenizer, template=ALPACA)(
       [r.prompt for r in base["records"]], 4).text
@@ -123,7 +123,7 @@ def test_run_dir_errors(tmp_path, tokenizer_path, sft_run):
 
 def test_bad_config_gives_clear_errors(tmp_path, tokenizer_path):
   with pytest.raises(ValueError, match="unknown evaluation set 'harmbench'"):
-    evaluate.run(tiny_config(tmp_path, tokenizer_path, sets="xstest,harmbench"))
+    evaluate.run(tiny_config(tmp_path, tokenizer_path, sets=("xstest", "harmbench")))
   with pytest.raises(FileNotFoundError, match="config.adapters: no LoRA adapter file"):
     evaluate.run(tiny_config(tmp_path, tokenizer_path, adapters=str(tmp_path / "no.npz")))
   config = tiny_config(tmp_path, tokenizer_path)
@@ -201,7 +201,7 @@ def test_reward_model_scorers_fill_harmfulness_and_helpfulness(tmp_path, tokeniz
     rms[source] = saved.save_reward_model(
         tmp_path / source, cfg, {"base": params, "lora": adapters, "head": head}, lcfg,
         tokenizer, section, {"source": source, "max_length": 64, "prompt_format": "hh"})
-  config = tiny_config(tmp_path, tokenizer_path, sets="malicious_instructions",
+  config = tiny_config(tmp_path, tokenizer_path, sets=("malicious_instructions",),
                        max_prompts_per_set=4, run_dir=str(run_dir))
   config.scoring.update(harmfulness_rm=str(rms["hh_harmless"]),
                         helpfulness_rm=str(rms["hh_helpful"]))
@@ -231,8 +231,8 @@ def test_attacks_answer_each_vector_and_report_asr(tmp_path, tokenizer_path, sft
   run_dir, (cfg, _, merged, tokenizer) = sft_run
   vectors = ("leetspeak", "prefix_injection")  # (every transform is tested in test_attacks)
   config = tiny_config(tmp_path, tokenizer_path, run_dir=str(run_dir),
-                       sets="malicious_instructions,physical_safety_safe,q_harm",
-                       max_prompts_per_set=2, batch_size=4, attacks=",".join(vectors))
+                       sets=("malicious_instructions", "physical_safety_safe", "q_harm"),
+                       max_prompts_per_set=2, batch_size=4, attacks=vectors)
   out = evaluate.run(config)
   workdir = tmp_path / "eval"
   written = records.read_answers(workdir / evaluate.ANSWERS_FILE)
@@ -287,7 +287,7 @@ def test_quantize_round_trips_the_merged_weights(tmp_path, tokenizer_path, sft_r
 
   monkeypatch.setattr(model_source, "quantize_params", fake_quantize)
   config = tiny_config(tmp_path, tokenizer_path, run_dir=str(run_dir), quantize="int8",
-                       sets="malicious_instructions")
+                       sets=("malicious_instructions",))
   out = evaluate.run(config)
   [(tree, scheme)] = calls
   assert scheme == "int8"
@@ -303,11 +303,12 @@ def test_quantize_round_trips_the_merged_weights(tmp_path, tokenizer_path, sft_r
 
 def test_bad_attack_and_quantize_config_fail_before_loading(tmp_path, tokenizer_path):
   cases = [
-      (dict(attacks="role_play,dan"), "config.attacks: unknown attack vector 'dan'; known: "),
-      (dict(attacks="all,leetspeak"), "config.attacks: unknown attack vector 'all'"),
-      (dict(attacks="all", attack_sets="cona"), "config.attack_sets: 'cona' is not among"),
-      (dict(attacks="all", attack_sets=" , "), "config.attack_sets: empty"),
-      (dict(attacks="all", attack_sets="physical_safety_safe"),
+      (dict(attacks=("role_play", "dan")),
+       "config.attacks: unknown attack vector 'dan'; known: "),
+      (dict(attacks=("all", "leetspeak")), "config.attacks: unknown attack vector 'all'"),
+      (dict(attacks=("all",), attack_sets=("cona",)), "config.attack_sets: 'cona' is not among"),
+      (dict(attacks=("all",), attack_sets=(" , ",)), "config.attack_sets: empty"),
+      (dict(attacks=("all",), attack_sets=("physical_safety_safe",)),
        "config.attack_sets: no prompt labelled unsafe in physical_safety_safe"),
       (dict(quantize="fp8"), "config.quantize: unknown scheme 'fp8'"),
   ]

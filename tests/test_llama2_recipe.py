@@ -71,7 +71,7 @@ def test_combined_reward_config_errors(data_dir):
   with pytest.raises(ValueError, match="rs.safety_rm and rs.helpfulness_rm"):
     rs.make_reward(from_section(rs.RoundsConfig, c.rs), [prompts_lib.RLPrompt("x", "alpaca")])
   c.rs.safety_rm = c.rs.helpfulness_rm = str(data_dir)
-  c.rs.unsafe_sources = "safety_instructionz"
+  c.rs.unsafe_sources = ("safety_instructionz",)
   with pytest.raises(ValueError, match="safety_instructionz"):
     rs.make_reward(from_section(rs.RoundsConfig, c.rs), [prompts_lib.RLPrompt("x", "alpaca")])
 

@@ -162,10 +162,10 @@ def test_template_eval_job_on_a_tiny_model(tmp_path, data_dir):
 def test_template_eval_refuses_contaminated_or_bad_configs(tmp_path):
   config = template_eval_config.get_config("tiny")
   config.workdir = str(tmp_path / "run")
-  config.sets = "malicious_instructions,safety_instructions"
+  config.sets = ("malicious_instructions", "safety_instructions")
   with pytest.raises(ValueError, match="unknown evaluation set 'safety_instructions'"):
     template_eval.run(config)
-  config.sets = "malicious_instructions"
+  config.sets = ("malicious_instructions",)
   config.route_by = "classifier"
   with pytest.raises(ValueError, match="config.route_by"):
     template_eval.run(config)

@@ -24,6 +24,7 @@ from alignment.data import download, integrity, sources
 from alignment.jobs import sft
 from alignment.files import atomic
 from alignment.training import checkpointing, loop, run_identity, run_lock, run_start
+from configs import ppo as ppo_config
 from configs import sft as sft_config
 from tiny_sentencepiece import train_tiny_tokenizer
 
@@ -95,6 +96,29 @@ def test_resume_with_another_config_or_data_is_refused_and_touches_nothing(
   config.resume = "sometimes"
   with pytest.raises(ValueError, match="config.resume='sometimes'"):
     sft.run(config)
+
+
+def test_a_run_saved_with_comma_joined_names_resumes_with_tuples(tmp_path):
+  """Runs saved before the list keys became tuples hold "a,b"; the new config.json ["a", "b"]."""
+  new = json.loads(ppo_config.get_config("tiny").to_json_best_effort())
+  assert new["prompts"]["sources"] == ["seed_tasks"]
+  old = json.loads(json.dumps(new))
+  old["prompts"]["sources"] = " seed_tasks,"
+  old["reward"]["unsafe_sources"] = "hh_harmless"
+  (tmp_path / "checkpoints" / "2").mkdir(parents=True)
+  (tmp_path / "config.json").write_text(json.dumps(old))
+  assert run_identity.check_resume(tmp_path, new) == {}
+  assert run_identity.differences(new, old) == {}  # and a saved list against a string
+  assert run_identity.differences({"s": ["a,b"]}, {"s": ["a", " b"]}) == {}  # `--config.s=a,b`
+  # Other names are still a change; two strings and non-names are compared as they are.
+  new["prompts"]["sources"] = ["seed_tasks", "alpaca"]
+  with pytest.raises(run_identity.RunMismatchError,
+                     match=r"prompts.sources: ' seed_tasks,' -> \['seed_tasks', 'alpaca'\]"):
+    run_identity.check_resume(tmp_path, new)
+  assert run_identity.differences({"s": "a,b"}, {"s": "a, b"}) == {"s": ("a,b", "a, b")}
+  assert run_identity.differences({"s": "b,a"}, {"s": ["a", "b"]}) == {"s": ("b,a", ["a", "b"])}
+  assert run_identity.differences({"n": [1, 2]}, {"n": "1,2"}) == {"n": ([1, 2], "1,2")}
+  assert run_identity.differences({"s": ""}, {"s": []}) == {}
 
 
 def test_checkpoint_of_another_shape_is_an_error_not_corruption(

@@ -287,7 +287,7 @@ def test_lora_run_freezes_base_and_resumes(tmp_path):
 
 
 @pytest.mark.parametrize("key,value,match", [
-    ("data__source", "alpaca", "data.source"),
+    ("data__source", ("alpaca",), "data.source"),
     ("data__validation_fraction", 1.0, "validation_fraction"),
     ("train__steps", 0, "train.steps"),
     ("loss__centering", -0.1, "centering"),

@@ -100,13 +100,17 @@ def test_bad_flags_and_settings(tmp_path):
   with pytest.raises(ValueError, match="--benign_steps: expected integers"):
     sr.settings_from_flags(_flags(benign_steps=["two"]))
   s = sr.settings_from_flags(_flags(harmful_steps=["5", "10"], quantize=[]))
-  assert s.harmful_steps == (5, 10) and s.quantize == ()
+  assert s.harmful_steps == (5, 10) and s.quantize == () and s.attacks == ()
+  s = sr.settings_from_flags(_flags(attacks="role_play, leetspeak"))
+  evaluation = sr.eval_config(s, sr.conditions(s, tmp_path)[0], tmp_path)
+  assert evaluation.attacks == ("role_play", "leetspeak")
+  assert evaluation.sets == ("malicious_instructions", "xstest")
   tiny = sr.PRESETS["tiny"]
   for bad, match in ((dict(benign_steps=(0, 2)), "benign_steps: step counts"),
                      (dict(harmful_steps=(2, 2)), "harmful_steps: step counts"),
                      (dict(quantize=("int2",)), "quantize: unknown scheme 'int2'"),
                      (dict(num_harmful=0), "num_harmful must be >= 1"),
-                     (dict(sets="q_harm,nope"), "unknown evaluation set 'nope'")):
+                     (dict(sets=("q_harm", "nope")), "unknown evaluation set 'nope'")):
     with pytest.raises(ValueError, match=match):
       sr.check(dataclasses.replace(tiny, **bad))
   with pytest.raises(FileNotFoundError, match="start_run: .* is not a finished SFT run"):

@@ -32,7 +32,7 @@ def run_preset(job: str, directory: pathlib.Path, monkeypatch) -> dict:
   config = importlib.import_module(f"configs.{job}").get_config("tiny")
   # Text jobs name the built-in tokenizer; reward and DPO's tiny presets train on synthetic
   # token pairs and need none.
-  if config.get("data", {}).get("source") != "synthetic":
+  if config.get("data", {}).get("source") != ("synthetic",):
     assert config.model.tokenizer == tiny_tokenizer.NAME, job
   return importlib.import_module(f"alignment.jobs.{config.job}").run(config)
 

@@ -280,7 +280,7 @@ def test_sft_on_prompt_completion_file_with_column_mapping(tmp_path, tokenizer_p
 def test_reward_template_wraps_prompts_and_default_keeps_them(tmp_path, sp_dir):
   tokenizer = train_tiny_tokenizer(sp_dir)
   config = reward_cfg.get_config("tiny")
-  config.data.update(source=write_jsonl(tmp_path / "pairs.jsonl", pair_rows(8)),
+  config.data.update(source=(write_jsonl(tmp_path / "pairs.jsonl", pair_rows(8)),),
                      max_length=256, validation_fraction=0.25)
   raw, _, report = reward_data.build_pairs(config, tokenizer, tokenizer.vocab_size)
   config.data.template = "alpaca"
@@ -300,7 +300,7 @@ def test_reward_job_on_a_user_pairs_file(tmp_path, tokenizer_path):
   config.workdir = str(tmp_path / "rm")
   config.model.tokenizer = tokenizer_path
   source = write_jsonl(tmp_path / "pairs.jsonl", pair_rows(24))
-  config.data.update(source=source, max_length=64, template="alpaca")
+  config.data.update(source=(source,), max_length=64, template="alpaca")
   config.train.update(steps=4, batch_size=8, eval_batch_size=8)
   reward_job.run(config)
   report = json.loads((tmp_path / "rm" / "eval.json").read_text())
@@ -324,7 +324,7 @@ def test_dpo_job_on_a_user_pairs_csv(tmp_path, tokenizer_path):
   rows = pair_rows(16)
   source = write_csv(tmp_path / "prefs.csv", ["q", "chosen", "rejected"],
                      [[r["prompt"], r["chosen"], r["rejected"]] for r in rows])
-  config.data.update(source=source, columns="q:prompt", max_length=64)
+  config.data.update(source=(source,), columns="q:prompt", max_length=64)
   config.train.update(steps=2, batch_size=4)
   config.eval.update(every=2, batch_size=4)
   out = dpo_job.run(config)
@@ -342,7 +342,7 @@ def test_evaluate_reports_a_user_csv_under_its_own_name(tmp_path, tokenizer_path
   config = evaluate_config.get_config("tiny")
   config.workdir = str(tmp_path / "eval")
   config.model.update(tokenizer=tokenizer_path, preset="tiny_gemma1")
-  config.update(sets=f"malicious_instructions,{probes}", columns="goal:prompt",
+  config.update(sets=("malicious_instructions", probes), columns="goal:prompt",
                 max_prompts_per_set=0)
   config.limits.malicious_instructions = 2
   evaluate.run(config)

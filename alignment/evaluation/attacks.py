@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -202,8 +202,9 @@ def get_attack(name: str) -> Attack:
   return ATTACKS[name]
 
 
-def parse_attacks(spec: str) -> list[str]:
-  """Vector names from a comma-separated string; '' -> none, 'all' -> every vector.
+def parse_attacks(spec: str | Sequence[str]) -> list[str]:
+  """Vector names from a tuple or a comma-joined string (`schema.names`); none -> none,
+  'all' -> every vector.
 
   An unknown or repeated name is a ValueError listing the known ones.
   """
@@ -213,7 +214,7 @@ def parse_attacks(spec: str) -> list[str]:
   for name in names:
     get_attack(name)
   if len(set(names)) != len(names):
-    raise ValueError(f"attack vector named twice in {spec!r}")
+    raise ValueError(f"attack vector named twice in {', '.join(names)}")
   return names
 
 

@@ -32,21 +32,20 @@ log = logging.getLogger(__name__)
 UNSAFE = "unsafe"  # attack_sets: every evaluated set's prompts labelled unsafe
 
 
-def parse_attack_config(attacks: str | Sequence[str], attack_sets: str, sets: Sequence[str]
-                        ) -> tuple[list[str], list[str]]:
+def parse_attack_config(attacks: str | Sequence[str], attack_sets: str | Sequence[str],
+                        sets: Sequence[str]) -> tuple[list[str], list[str]]:
   """(attack vector names, sets whose unsafe prompts get attacked).
 
   `attack_sets` is 'unsafe' (every evaluated set: the paper's unsafe sets and XSTest's unsafe
-  half) or comma-separated names among `sets`.
+  half) or names among `sets` (a tuple, or a comma-joined string: `schema.names`).
   """
   try:
     vectors = attacks_lib.parse_attacks(attacks)
   except ValueError as e:
     raise ValueError(f"config.attacks: {e}") from None
-  spec = attack_sets.strip()
-  if spec == UNSAFE:
+  names = list(schema.names(attack_sets))
+  if names == [UNSAFE]:
     return vectors, list(sets)
-  names = list(schema.names(spec))
   if not names:
     raise ValueError(f"config.attack_sets: empty; give {UNSAFE!r} or set names from "
                      "config.sets")

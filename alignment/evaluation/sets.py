@@ -16,8 +16,9 @@ from alignment.data import sources, user_files
 from alignment.data.records import EvalPrompt
 
 
-def parse_sets(sets: str) -> list[str]:
-  """Set names and files from a comma-separated string; an unknown or repeated one is an error.
+def parse_sets(sets: str | Sequence[str]) -> list[str]:
+  """Set names and files (a tuple, or a comma-joined string: `schema.names`); an unknown or
+  repeated one is an error.
 
   A file (a name containing '/' or ending in .csv, .jsonl, ...: `alignment.data.user_files`)
   is a set of the user's, reported under its stem: `/x/probes.csv` is the set "probes".
@@ -34,8 +35,8 @@ def parse_sets(sets: str) -> list[str]:
                        ".jsonl, .json, .parquet)")
   set_names = [sources.source_name(n) for n in names]
   if len(set(set_names)) != len(set_names):
-    raise ValueError(f"config.sets: a set is named twice in {sets!r} (a file is named by its "
-                     "stem)")
+    raise ValueError(f"config.sets: a set is named twice in {', '.join(names)} (a file is "
+                     "named by its stem)")
   return names
 
 

@@ -51,8 +51,9 @@ def sampling(temperature: float) -> ml_collections.ConfigDict:
                         temperature=temperature, top_p=0.95)
 
 
-def prompt_data(prompt_source: str) -> ml_collections.ConfigDict:
-  """Prompts to sample from (comma-separated sources) and how the samples become SFT rows."""
+def prompt_data(prompt_source: tuple[str, ...]) -> ml_collections.ConfigDict:
+  """Prompts to sample from (source names or files; `a,b` on a command line) and how the
+  samples become SFT rows."""
   return ml_collections.ConfigDict(dict(
       prompt_source=prompt_source, num_prompts=512,
       per_source=0,  # at most this many from each source (a seeded subset; 0 = all)

@@ -161,15 +161,15 @@ def check_data(d: Any) -> None:
   naming the field, before any model or data is loaded."""
   names = list(schema.names(d.source))
   if not names or any(n not in NAMED_SOURCES and not user_files.is_path(n) for n in names):
-    raise ValueError(f"data.source={d.source!r}; expected one of {NAMED_SOURCES} or a file of "
-                     "prompt/chosen/rejected pairs (.jsonl, .json, .csv, .parquet)")
+    raise ValueError(f"data.source={','.join(names)!r}; expected some of {NAMED_SOURCES} or "
+                     "files of prompt/chosen/rejected pairs (.jsonl, .json, .csv, .parquet)")
   data_template(d)  # a misspelt template fails before the model loads
   if not 0.0 < d.validation_fraction < 1.0:
     raise ValueError(f"data.validation_fraction={d.validation_fraction} must be in (0, 1)")
   for name in ("max_pairs", "max_validation_pairs", "synthetic_pairs"):
     if d[name] < 0:
       raise ValueError(f"data.{name}={d[name]} must be >= 0 (0 = all)")
-  if d.source == "synthetic" and d.synthetic_pairs < 2:
+  if names == ["synthetic"] and d.synthetic_pairs < 2:
     raise ValueError("data.source='synthetic' needs data.synthetic_pairs >= 2")
 
 
@@ -211,7 +211,7 @@ def build_pairs(config: Any, tokenizer: Tokenizer | None, vocab_size: int
   """(train pairs, validation pairs) tokenized, and a report of the split and truncation.
 
   Shared by the reward-model and DPO jobs. `config.data.source` names preference sources or
-  files (comma-separated) or 'synthetic'; the split keeps conversations together
+  files (`schema.names`) or 'synthetic'; the split keeps conversations together
   (`split_pairs`). `config.data.template` ('' = none) wraps each prompt after the split;
   `config.data.columns` renames a file's columns.
   """
@@ -219,6 +219,9 @@ def build_pairs(config: Any, tokenizer: Tokenizer | None, vocab_size: int
   names = list(schema.names(d.source))
   if not names:
     raise ValueError("data.source is empty; name preference sources, e.g. 'hh_harmless'")
+  # One string, as when the key was comma-joined: a saved reward model's meta keeps it, and the
+  # scorers compare it with a source name (reward/scorer.py).
+  source = ",".join(names)
   if names == ["synthetic"]:
     pairs = synthetic_pairs(d.synthetic_pairs, vocab_size, d.max_length, config.seed)
     order = np.random.default_rng(config.seed).permutation(len(pairs))
@@ -230,7 +233,7 @@ def build_pairs(config: Any, tokenizer: Tokenizer | None, vocab_size: int
     check_source_names(names)
     template = data_template(d)
     if tokenizer is None:
-      raise ValueError(f"data.source={d.source!r} needs a tokenizer: the checkpoint has none; "
+      raise ValueError(f"data.source={source!r} needs a tokenizer: the checkpoint has none; "
                        "set model.tokenizer")
     records = [r for n in names for r in sources.load(
         n, config.get("data_dir") or None, columns=d.get("columns", ""), expect=PreferencePair)]
@@ -241,7 +244,7 @@ def build_pairs(config: Any, tokenizer: Tokenizer | None, vocab_size: int
     train, train_stats = tokenize_pairs_keep_end(train_records, tokenizer,
                                                              d.max_length)
     val, val_stats = tokenize_pairs_keep_end(val_records, tokenizer, d.max_length)
-    report = {"source": d.source, "template": d.get("template", ""), "pairs": len(records),
+    report = {"source": source, "template": d.get("template", ""), "pairs": len(records),
               "groups": split.groups,
               "split_train": len(split.train), "split_validation": len(split.validation),
               "tokenize_train": dataclasses.asdict(train_stats),

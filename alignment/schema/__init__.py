@@ -3,8 +3,9 @@
 The library's frozen dataclasses are the schema: `from_section(cls, section)` takes every
 field of `cls` that the section has, by name, so a section needs no field-by-field
 translation and a renamed field fails loudly (a required field the section lacks is an error
-naming it). Lists may be given as tuples (`--config.lora.targets="('q','v')"`) or as
-comma-separated strings (`--config.lora.targets=q,v`); `names` reads both. `section(cls)`
+naming it). Lists of names are tuples in the config files; a command line gives them as a
+tuple (`--config.lora.targets="('q','v')"`) or comma-separated (`--config.lora.targets=q,v`,
+which ml_collections reads as ('q,v',)); `names` reads both, and strings too. `section(cls)`
 goes the other way: a config section written from the dataclass's fields and defaults.
 """
 

@@ -19,6 +19,7 @@ import json
 import pathlib
 from typing import Any
 
+from alignment import schema
 from alignment.files import atomic
 
 RESUME_CHOICES = ("same_run", "continue_with_changes")
@@ -72,9 +73,29 @@ def differences(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
     before, after = old_flat.get(key, _ABSENT), new_flat.get(key, _ABSENT)
     if before == _ABSENT and key in ADDED_KEYS and after == ADDED_KEYS[key]:
       continue
-    if before != after and not _ignored(key):
+    if not _same(before, after) and not _ignored(key):
       changed[key] = (before, after)
   return changed
+
+
+def _same(before: Any, after: Any) -> bool:
+  """Equal, or one list of names written two ways: runs saved before the list keys became
+  tuples hold "a,b" where a new config.json holds ["a", "b"] (and a command line's `a,b` is
+  saved as ["a,b"]). Two strings are compared as they are: one of them must be a list."""
+  if before == after:
+    return True
+  if not (isinstance(before, list) or isinstance(after, list)):
+    return False
+  names = _names(before)
+  return names is not None and names == _names(after)
+
+
+def _names(value: Any) -> tuple[str, ...] | None:
+  """The names in a string or a list of strings (`schema.names`); None for other values."""
+  if isinstance(value, str) or (isinstance(value, list)
+                                and all(isinstance(v, str) for v in value)):
+    return schema.names(value)
+  return None
 
 
 def checkpoint_steps(workdir: pathlib.Path) -> list[int]:
