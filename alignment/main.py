@@ -10,6 +10,7 @@ override, and what a run would use.
 
 from __future__ import annotations
 
+import ast
 import difflib
 import importlib
 import logging
@@ -21,6 +22,7 @@ from absl import logging as absl_logging
 import ml_collections
 from ml_collections import config_flags
 
+from alignment import schema
 from alignment.training.preemption import Preempted
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -91,25 +93,63 @@ def _config_spec(argv: list[str]) -> str | None:
   return None
 
 
-def override_error(argv: list[str]) -> str | None:
-  """The unknown-key message for the first override naming a key the config lacks, checked
-  against the config itself (loaded by the flag's own parser), or None."""
+def _load_config(argv: list[str]) -> ml_collections.ConfigDict | None:
+  """The config `--config` names (loaded by the flag's own parser), before overrides; None
+  when there is none or it fails to load (then the flag's own error stands)."""
   spec = _config_spec(argv)
   if spec is None:
     return None
   try:
     config = flags.FLAGS["config"].parser.parse(spec)
-  except (OSError, TypeError, ValueError):  # the config itself fails: that error stands
+  except (OSError, TypeError, ValueError):
     return None
-  if not isinstance(config, ml_collections.ConfigDict):
+  return config if isinstance(config, ml_collections.ConfigDict) else None
+
+
+def override_error(argv: list[str]) -> str | None:
+  """The unknown-key message for the first override naming a key the config lacks, or None."""
+  config = _load_config(argv)
+  if config is None:
     return None
   return next(filter(None, (unknown_key(config, p) for p in override_paths(argv))), None)
+
+
+def _value_at(config: ml_collections.ConfigDict, path: str):
+  node = config
+  for key in path.split("."):
+    if not isinstance(node, ml_collections.ConfigDict) or key not in node:
+      return None
+    node = node[key]
+  return node
+
+
+def spell_tuples(argv: list[str]) -> list[str]:
+  """argv with `--config.k=a,b` written `--config.k=('a', 'b')` where k holds a tuple.
+
+  ml_collections reads a bare comma list for a tuple key as one item, ('a,b',), and refuses
+  one with a path in it (`--config.sets=xstest,/data/probes.csv`); a Python literal is kept.
+  """
+  overrides = [(i, arg) for i, arg in enumerate(argv) if i and arg.startswith("--config.")
+               and "=" in arg]
+  config = _load_config(argv) if overrides else None
+  if config is None:
+    return argv
+  out = list(argv)
+  for i, arg in overrides:
+    name, value = arg.split("=", 1)
+    if not isinstance(_value_at(config, name[len("--config."):]), tuple):
+      continue
+    try:
+      ast.literal_eval(value)
+    except (SyntaxError, ValueError):
+      out[i] = f"{name}={schema.names(value)!r}"
+  return out
 
 
 def parse_flags(argv: list[str]) -> list[str]:
   """Parses flags, turning a bad config override into a short error naming the key."""
   try:
-    return flags.FLAGS(argv)
+    return flags.FLAGS(spell_tuples(argv))
   except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
     overrides = [a for a in argv[1:] if a.startswith("--config.")]
     detail = override_error(argv) or " ".join(

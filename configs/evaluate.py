@@ -43,8 +43,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   # Evaluation source names and/or files of your own (.csv/.jsonl/.json/.parquet with a
   # prompt column, optional label safe|unsafe, category, id), each reported under its stem;
   # `columns` renames a file's columns first, e.g. "goal:prompt". A tuple of names; a command
-  # line may give `--config.sets=xstest,q_harm` (with an absolute path among them, the tuple:
-  # `--config.sets="('xstest', '/path/probes.csv')"`).
+  # line may give `--config.sets=xstest,/path/probes.csv`.
   c.sets = DEFAULT_SETS
   c.columns = ""
   c.max_prompts_per_set = 0  # 0 = all; otherwise N of each set (the first N, or see sample_seed)

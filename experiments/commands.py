@@ -37,8 +37,8 @@ def overrides(config: ml_collections.ConfigDict, preset: ml_collections.ConfigDi
 
   A key the preset lacks, or one whose preset value is None (the command line cannot give a
   None field a type), is an error naming the key. A tuple is written as its repr,
-  `('xstest', '/x/probes.csv')`, which main reads back as the same tuple (`a,b` would not
-  do for a name that is an absolute path: ml_collections refuses `xstest,/x/probes.csv`).
+  `('xstest', '/x/probes.csv')`, which main reads back as the same tuple (and which keeps a
+  name with a comma in it whole).
   """
   new, old = _leaves(config), _leaves(preset)
   args = []
