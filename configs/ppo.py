@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import ml_collections
 
+from alignment import schema
 from alignment.jobs import sections
+from alignment.rl.rewards import RewardSpec
 
 
 def get_config(preset: str | None = "default") -> ml_collections.ConfigDict:
@@ -41,14 +43,12 @@ def get_config(preset: str | None = "default") -> ml_collections.ConfigDict:
       # temperature 1 with no filters samples the policy itself (on-policy); anything else
       # makes rollouts off-policy with respect to the log-probs PPO optimises.
       temperature=1.0, top_k=0, top_p=1.0))
-  c.reward = ml_collections.ConfigDict(dict(
-      kind="combined",  # 'combined' | 'reward_model' | 'token_fraction'
-      safety_dir="runs/reward_safety/reward_model",
-      helpfulness_dir="runs/reward_helpfulness/reward_model",
-      model_dir="",  # for kind='reward_model'
-      safety_threshold=0.15, unsafe_sources=("hh_harmless",),  # Llama 2's combination rule
-      token="",  # for kind='token_fraction': a vocabulary piece or an id (or several, spaced)
-      batch_size=8))
+  # kind: 'combined' (Llama 2's rule over safety_dir and helpfulness_dir, unsafe_sources and
+  # safety_threshold) | 'reward_model' (model_dir) | 'token_fraction' (token: a vocabulary
+  # piece or an id, or several, spaced).
+  c.reward = schema.section(RewardSpec, kind="combined",
+                            safety_dir="runs/reward_safety/reward_model",
+                            helpfulness_dir="runs/reward_helpfulness/reward_model")
   c.ppo = ml_collections.ConfigDict(dict(
       epochs=2, num_minibatches=2, clip_ratio=0.2, clip_value=0.2, vf_coef=0.1,
       entropy_coef=0.0, gamma=1.0, lam=0.95,

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import ml_collections
 
+from alignment import schema
 from alignment.jobs import sections
+from alignment.rl.rejection_sampling import RoundsConfig
 
 
 def get_config(preset: str | None = "default") -> ml_collections.ConfigDict:
@@ -33,15 +35,15 @@ def get_config(preset: str | None = "default") -> ml_collections.ConfigDict:
   c.model = sections.model()
   c.lora = sections.lora(rank=8, alpha=16.0)
   c.lora.unmerged = True  # adapters beside the frozen weights, as in configs/sft.py
-  c.rs = ml_collections.ConfigDict(dict(
-      rounds=3, num_samples=4,  # N rounds, K samples per prompt
-      reward="runs/reward_helpfulness/reward_model", reward_batch_size=8,
-      use_min_reward=False, min_reward=0.0,  # drop prompts whose best reward is below
-      # rs.reward='combined': Llama 2's rule over two saved RMs; prompts from unsafe_sources
-      # (or with a safety sigmoid below the threshold) are judged by the safety RM.
+  # rs.reward='combined': Llama 2's rule over two saved RMs; prompts from unsafe_sources (or
+  # with a safety sigmoid below the threshold) are judged by the safety RM. With
+  # use_min_reward, prompts whose best reward is below min_reward are dropped.
+  c.rs = schema.section(
+      RoundsConfig, rounds=3, num_samples=4,  # N rounds, K samples per prompt
+      reward="runs/reward_helpfulness/reward_model",
       safety_rm="runs/reward_safety/reward_model",
       helpfulness_rm="runs/reward_helpfulness/reward_model",
-      unsafe_sources=("safety_instructions",), safety_threshold=0.15))
+      unsafe_sources=("safety_instructions",))
   c.sampling = sections.sampling(temperature=1.0)
   c.data = sections.prompt_data(("alpaca", "safety_instructions"))
   c.train = sections.train(steps=100, batch_size=16, learning_rate=1e-4, warmup_steps=10)

@@ -47,7 +47,7 @@ class RoundsConfig:
   min_reward: float = 0.0  # with use_min_reward: prompts whose best reward is below it drop
   safety_rm: str = ""
   helpfulness_rm: str = ""
-  unsafe_sources: tuple[str, ...] | str = ()
+  unsafe_sources: tuple[str, ...] = ("safety_instructions",)
   safety_threshold: float = 0.15
 
   def __post_init__(self):

@@ -98,7 +98,7 @@ class RewardSpec:
   helpfulness_dir: str = ""
   model_dir: str = ""  # reward_model
   safety_threshold: float = 0.15  # combined: Llama 2's rule
-  unsafe_sources: tuple[str, ...] | str = ("hh_harmless",)
+  unsafe_sources: tuple[str, ...] = ("hh_harmless",)
   token: str = ""  # token_fraction: pieces or ids, space-separated
   batch_size: int = 8
 
