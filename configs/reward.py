@@ -49,9 +49,6 @@ def get_config(preset: str | None = "safety") -> ml_collections.ConfigDict:
   c.loss = ml_collections.ConfigDict(dict(
       margin_scale=1.0,  # x each pair's preference strength (Llama 2 margin); HH has none
       centering=0.0))  # coefficient of (r_c + r_r)^2 (Eisenstein et al. 2023); 0 = off
-  # Llama 2's combined reward (used by RL jobs that load both RMs).
-  c.combine = ml_collections.ConfigDict(dict(
-      safety_threshold=0.15, unsafe_sources=("safety_instructions",), whiten=True))
   c.checkpoint = sections.checkpoint(every=200, keep=2)
   c.mesh = sections.mesh()
   c.distributed = sections.distributed()

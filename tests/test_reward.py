@@ -22,6 +22,8 @@ from alignment.jobs import reward as reward_job
 from alignment.reward import combine, data as reward_data, evaluate, losses
 from alignment.reward import model as reward_model
 from alignment.reward import saved, scorer as reward_scorer
+from alignment.rl import rejection_sampling as rs
+from alignment.rl import rewards
 from tiny_sentencepiece import train_tiny_tokenizer
 
 
@@ -140,25 +142,12 @@ def test_llama2_combination_rule_by_hand():
   # Saturated scores stay finite (no logit of 0 or 1).
   assert np.isfinite(np.asarray(combine.combined_logit(jnp.array([-80.0]), jnp.array([80.0]),
                                                        jnp.array([False])))).all()
-  cfg = combine.CombineConfig(unsafe_sources=combine.parse_sources("safety_instructions, x"))
-  assert combine.unsafe_flags(["alpaca", "safety_instructions", "alpaca"],
-                              [None, None, "unsafe"], cfg) == [False, True, True]
-  with pytest.raises(ValueError, match="safety_threshold"):
-    combine.CombineConfig(safety_threshold=1.5)
-
-
-def test_whitening():
-  x = jnp.array([1.0, 2.0, 3.0, 10.0])
-  w = combine.whiten(x)
-  np.testing.assert_allclose(float(jnp.mean(w)), 0.0, atol=1e-6)
-  np.testing.assert_allclose(float(jnp.std(w)), 1.0, rtol=1e-5)
-  np.testing.assert_allclose(combine.whiten(x, mean=2.0, std=4.0), (np.asarray(x) - 2) / 4,
-                             rtol=1e-5)
-  s, h = jnp.array([0.0, -3.0, 2.0]), jnp.array([1.0, 1.0, 1.0])
-  unsafe = jnp.array([False, False, True])
-  expected = np.array([1.0, -3.0, 2.0])  # sigmoid(-3) = 0.047 < 0.15 -> safety
-  expected = (expected - expected.mean()) / expected.std()
-  np.testing.assert_allclose(combine.rl_reward(s, h, unsafe), expected, rtol=1e-4)
+  # The threshold is on the sigmoid score: the RL jobs' sections refuse one outside (0, 1).
+  for bad in (0.0, 1.5):
+    with pytest.raises(ValueError, match=r"rs.safety_threshold=.* must be in \(0, 1\)"):
+      rs.RoundsConfig(safety_threshold=bad)
+    with pytest.raises(ValueError, match=r"reward.safety_threshold=.* must be in \(0, 1\)"):
+      rewards.RewardSpec(safety_threshold=bad)
 
 
 # -- evaluation ---------------------------------------------------------------------------------

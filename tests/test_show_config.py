@@ -83,7 +83,6 @@ TUPLE_KEYS = [
     ("configs/rejection_sampling.py:tiny", "rs.unsafe_sources", ("alpaca", "hh_harmless")),
     ("configs/context_distillation.py:tiny", "data.prompt_source", ("alpaca", "hh_harmless")),
     ("configs/reward.py:tiny", "data.source", ("hh_harmless", "data/pairs.jsonl")),
-    ("configs/reward.py:tiny", "combine.unsafe_sources", ("alpaca", "hh_harmless")),
     ("configs/dpo.py:tiny", "data.source", ("hh_harmless", "hh_helpful")),
 ]
 

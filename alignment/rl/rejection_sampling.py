@@ -54,6 +54,7 @@ class RoundsConfig:
     for name in ("rounds", "num_samples"):
       if getattr(self, name) < 1:
         raise ValueError(f"rs.{name}={getattr(self, name)} must be >= 1")
+    combine.check_threshold(self.safety_threshold, "rs.safety_threshold")
 
   @property
   def reward_floor(self) -> float | None:

@@ -102,6 +102,9 @@ class RewardSpec:
   token: str = ""  # token_fraction: pieces or ids, space-separated
   batch_size: int = 8
 
+  def __post_init__(self):
+    combine.check_threshold(self.safety_threshold, "reward.safety_threshold")
+
 
 def make_reward(spec: RewardSpec, tokenizer) -> RewardFunction:
   """The reward `spec` names, checked (a missing directory or piece names the key)."""

@@ -10,7 +10,8 @@ Keys in `IGNORED_ON_RESUME` may change between runs of one directory: they set h
 run goes or how it reports, not what it trains (`train.steps` also stretches the schedule:
 extending a run is the point of resuming it). `mesh` and `distributed` are ignored because a
 checkpoint restores onto any mesh. `lora.unmerged` only chooses how the same function is
-computed (adapters merged into the weights, or beside them).
+computed (adapters merged into the weights, or beside them). The reward job's `combine`
+section was read by nothing and is gone; runs saved with it resume.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ RESUME_CHOICES = ("same_run", "continue_with_changes")
 IGNORED_ON_RESUME = (
     "resume", "workdir", "train.steps", "train.iterations", "train.log_every",
     "train.progress_bar", "checkpoint.every", "checkpoint.keep", "checkpoint.async_save",
-    "eval.every", "mesh.", "distributed.", "lora.unmerged",
+    "eval.every", "mesh.", "distributed.", "lora.unmerged", "combine.",
 )
 
 # Keys added after runs were written, with the value that means what their absence meant: a
