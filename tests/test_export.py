@@ -43,7 +43,10 @@ peft = pytest.importorskip("peft")
 from configs import export as export_config  # noqa: E402
 from configs import ppo as ppo_config  # noqa: E402
 
-ATOL = 1e-4
+# Two float32 implementations of one forward: on this project's 2-core Xeon (AVX-512) one
+# valid row of `inputs` sits 7.1e-5 (ours) and 5.8e-5 (transformers) from transformers in
+# float64, on opposite sides, 1.28e-4 apart; every other row agrees to ~1e-5.
+ATOL = 2e-4
 TOKENIZER_VOCAB = 600  # tiny_sentencepiece's; a random model is sized to its tokenizer
 PROMPT_LEN, PADS = 20, (0, 7)
 TEXTS = ("Give three tips for staying healthy.",
