@@ -158,8 +158,8 @@ def test_kl_penalty_and_score_land_on_the_right_tokens():
 
 
 def test_minibatches_are_gathered_on_the_mesh_in_the_step_shardings():
-  """The update phase's mini-batches: the same rows as a numpy gather of the permutation, laid
-  out as the compiled step expects, and every row used once per epoch."""
+  """The update phase's mini-batches: the rows of a numpy gather of the permutation, laid out
+  as the compiled step expects, and every row used once per epoch."""
   rng = np.random.default_rng(0)
   batch = {"tokens": rng.integers(0, 50, (8, 6)).astype(np.int32),
            "advantages": rng.normal(size=(8, 5)).astype(np.float32)}
@@ -168,11 +168,11 @@ def test_minibatches_are_gathered_on_the_mesh_in_the_step_shardings():
   take = jax.jit(lambda b, i: rows_on_mesh(b, i, mesh))
   indices = ppo.minibatch_indices(8, jax.random.key(3), 2)
   assert sorted(np.concatenate([np.asarray(i) for i in indices]).tolist()) == list(range(8))
-  for idx, reference in zip(indices, ppo.minibatches(batch, jax.random.key(3), 2)):
+  assert [len(i) for i in indices] == [4, 4]
+  for idx in indices:
     mb = take(placed, idx)
     for key in batch:
       np.testing.assert_array_equal(np.asarray(mb[key]), batch[key][np.asarray(idx)])
-      np.testing.assert_array_equal(np.asarray(mb[key]), np.asarray(reference[key]))
       assert mb[key].sharding.is_equivalent_to(
           sharding.batch_shardings(mesh, mb)[key], mb[key].ndim)
   with pytest.raises(ValueError, match="num_minibatches=3 must divide"):

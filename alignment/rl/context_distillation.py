@@ -12,16 +12,15 @@ distilled answer is kept only where the RM scores it strictly higher.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
 import numpy as np
 
-from alignment.answers.records import AnswerRecord
 from alignment.data.records import InstructionExample
-from alignment.evaluation import scorers
 from alignment.prompts.templates import PromptTemplate
+from alignment.rl import rejection_sampling as rs
 from alignment.rl.generation import SampleFn, generate_in_batches
 
 DEFAULT_PREPROMPT = (
@@ -70,8 +69,8 @@ def targeted_keep(scores_with: np.ndarray, scores_without: np.ndarray) -> np.nda
   return scores_with > scores_without
 
 
-def score_targeted(reward_fn: Callable[[Sequence[str], Sequence[str]], np.ndarray],
-                   samples: DistillationSamples) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def score_targeted(reward_fn: rs.RewardFn, samples: DistillationSamples
+                   ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
   """(keep mask, {"with", "without": scores}) of a targeted run's samples (`targeted_keep`)."""
   if samples.without_preprompt is None:
     raise ValueError("targeted distillation needs answers without the preprompt "
@@ -120,6 +119,4 @@ def refusal_rate(sample_fn: SampleFn, prompts: Sequence[str], template: PromptTe
   `sample_fn`; the string-match refusal scorer)."""
   answers = generate_in_batches(sample_fn, [model_input(p, template) for p in prompts],
                                 batch_size, jax.random.key(0))
-  records = [AnswerRecord(set="cd", id=str(i), prompt=p, answer=a)
-             for i, (p, a) in enumerate(zip(prompts, answers))]
-  return float(np.mean([s > 0 for s in scorers.refusal_scorer(records)]))
+  return float(np.mean(rs.NAMED_REWARDS["refusal"](prompts, answers) > 0))

@@ -173,9 +173,3 @@ def minibatch_indices(size: int, rng: Array, num_minibatches: int) -> list[Array
   per = size // num_minibatches
   return [order[i * per:(i + 1) * per] for i in range(num_minibatches)]
 
-
-def minibatches(batch: dict[str, Any], rng: Array, num_minibatches: int) -> list[dict]:
-  """The rollout batch split into shuffled mini-batches of equal size (rows permuted)."""
-  size = jax.tree.leaves(batch)[0].shape[0]
-  return [jax.tree.map(lambda x, idx=idx: x[idx], batch)
-          for idx in minibatch_indices(size, rng, num_minibatches)]
